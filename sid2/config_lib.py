@@ -1,0 +1,112 @@
+"""Config validation: every field checked before any compute, errors name the field and allowed values.
+
+Fields every config has (SPEC §12): seed, batch_size (global), total_steps, log_every, eval_every,
+checkpoint_every, image_res, schedule, loss_type, model (sub-config with `name`), optimizer (sub-config).
+"""
+from __future__ import annotations
+
+import ml_collections
+
+from sid2 import losses
+from sid2 import models
+from sid2 import parametrization
+from sid2 import samplers
+from sid2 import schedules
+
+TOP_LEVEL = {
+    'seed': int, 'batch_size': int, 'total_steps': int, 'log_every': int, 'eval_every': int,
+    'checkpoint_every': int, 'keep_checkpoints': int, 'image_res': int, 'schedule': str, 'loss_type': str,
+    'parametrization': str, 'ema_decay': float, 'cond_drop_prob': float, 'low_discrepancy': bool,
+    'max_nonfinite_streak': int, 'model': ml_collections.ConfigDict,
+    'optimizer': ml_collections.ConfigDict, 'dataset': ml_collections.ConfigDict,
+    'sampler': ml_collections.ConfigDict,
+}
+OPTIONAL_TOP_LEVEL = {'distill': ml_collections.ConfigDict, 'teacher_workdir': str, 'description': str,
+                      'num_channels': int, 'mesh': ml_collections.ConfigDict}
+OPTIMIZER = {'name': str, 'learning_rate': float, 'beta1': float, 'beta2': float, 'eps': float,
+             'weight_decay': float, 'warmup_steps': int, 'grad_clip': float, 'decay': str,
+             'end_factor': float}
+DATASET = {'name': str, 'split': str, 'data_dir': str, 'shuffle_buffer': int, 'num_classes': int}
+SAMPLER = {'name': str, 'num_steps': int, 'clip_x': str, 'logvar_type': str, 'eta': float,
+           'guidance': float, 'guidance_interval': tuple, 'num_samples': int}
+
+
+def _check_fields(cfg, schema, prefix, required=True, optional=None):
+  optional = optional or {}
+  allowed = dict(schema, **optional)
+  unknown = sorted(set(cfg.keys()) - set(allowed))
+  if unknown:
+    raise ValueError(f'unknown config field(s) {", ".join(prefix + k for k in unknown)}; '
+                     f'allowed fields of {prefix or "the config"}: {", ".join(sorted(allowed))}')
+  if required:
+    missing = sorted(set(schema) - set(cfg.keys()))
+    if missing:
+      raise ValueError(f'missing config field(s): {", ".join(prefix + k for k in missing)}')
+  for k, v in cfg.items():
+    want = allowed[k]
+    ok = isinstance(v, want) or (want is float and isinstance(v, int) and not isinstance(v, bool))
+    if want is int and isinstance(v, bool):
+      ok = False
+    if want is tuple and isinstance(v, list):
+      ok = True
+    if not ok:
+      raise ValueError(f'config field {prefix}{k} must be {want.__name__}; got {v!r} ({type(v).__name__})')
+
+
+def _positive(cfg, names, prefix=''):
+  for n in names:
+    if cfg[n] <= 0:
+      raise ValueError(f'config field {prefix}{n} must be > 0; got {cfg[n]}')
+
+
+def validate_config(config: ml_collections.ConfigDict, num_devices: int = 1):
+  """Checks names, types and values of a training config; raises ValueError naming the field."""
+  _check_fields(config, TOP_LEVEL, '', optional=OPTIONAL_TOP_LEVEL)
+  _positive(config, ['batch_size', 'total_steps', 'log_every', 'eval_every', 'checkpoint_every',
+                     'keep_checkpoints', 'image_res', 'max_nonfinite_streak'])
+  if config.batch_size % num_devices:
+    raise ValueError(f'config field batch_size={config.batch_size} must be divisible by the number of '
+                     f'devices ({num_devices})')
+  if not 0.0 <= config.ema_decay < 1.0:
+    raise ValueError(f'config field ema_decay must be in [0, 1); got {config.ema_decay}')
+  if not 0.0 <= config.cond_drop_prob <= 1.0:
+    raise ValueError(f'config field cond_drop_prob must be in [0, 1]; got {config.cond_drop_prob}')
+  try:
+    schedules.get_schedule(config.schedule, image_res=config.image_res)
+  except ValueError as e:
+    raise ValueError(f'config field schedule: {e}') from None
+  try:
+    losses.validate_loss_type(config.loss_type, image_res=config.image_res)
+  except ValueError as e:
+    raise ValueError(f'config field loss_type: {e}') from None
+  if config.parametrization not in parametrization.PARAMETRIZATIONS:
+    raise ValueError(f'config field parametrization must be one of {parametrization.PARAMETRIZATIONS}; '
+                     f'got {config.parametrization!r}')
+  _check_fields(config.optimizer, OPTIMIZER, 'optimizer.', required=False)
+  for k in ('name', 'learning_rate', 'beta1', 'beta2', 'eps', 'weight_decay', 'warmup_steps'):
+    if k not in config.optimizer:
+      raise ValueError(f'missing config field optimizer.{k}')
+  if config.optimizer.name not in ('adam', 'adamw'):
+    raise ValueError(f"config field optimizer.name must be one of ('adam', 'adamw'); "
+                     f'got {config.optimizer.name!r}')
+  if config.optimizer.get('decay', 'constant') not in ('constant', 'linear', 'cosine'):
+    raise ValueError(f"config field optimizer.decay must be one of ('constant', 'linear', 'cosine'); "
+                     f'got {config.optimizer.decay!r}')
+  _check_fields(config.dataset, DATASET, 'dataset.', required=False)
+  if 'name' not in config.dataset:
+    raise ValueError('missing config field dataset.name')
+  _check_fields(config.sampler, SAMPLER, 'sampler.', required=False)
+  s = config.sampler
+  try:
+    samplers.validate_sampler_args(sampler=s.name, num_steps=s.num_steps, clip_x=s.clip_x,
+                                   logvar_type=s.logvar_type, eta=s.get('eta', 0.0))
+  except ValueError as e:
+    raise ValueError(f'config field sampler: {e}') from None
+  interval = s.get('guidance_interval', ())
+  if interval and (len(interval) != 2 or not interval[0] < interval[1]):
+    raise ValueError(f'config field sampler.guidance_interval must be () or (lo, hi) with lo < hi; '
+                     f'got {interval!r}')
+  try:
+    models.validate_model_config(config.model, config.image_res)
+  except ValueError as e:
+    raise ValueError(f'config field model: {e}') from None

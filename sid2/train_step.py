@@ -1,0 +1,219 @@
+"""One jitted, data-parallel diffusion train step for every model family.
+
+`make_train_step` builds the step from plain ingredients -- a model apply function, a schedule, a loss
+function, a parametrisation and an optax optimizer -- and knows none of their names. Data parallelism uses
+`jax.jit` with `NamedSharding` over a 1-D `Mesh` named `data` (batch sharded, parameters replicated): the
+modern replacement for `pmap`, which JAX keeps in maintenance mode. The same code runs on one CPU, a GPU host
+or a multi-host TPU pod.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, Optional
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from sid2 import parametrization as param_lib
+
+# Loss-vs-logSNR bins: edges every 2 units on [-20, 20], plus the two open ends (for notebooks, SPEC §0).
+LOGSNR_BIN_EDGES = np.linspace(-20.0, 20.0, 21)
+NUM_LOGSNR_BINS = len(LOGSNR_BIN_EDGES) + 1
+
+
+@flax.struct.dataclass
+class TrainState:
+  """Everything a resumed run needs (the data position is saved beside it by the trainer)."""
+  step: jax.Array
+  params: Any
+  ema_params: Any
+  opt_state: Any
+  rng: jax.Array
+  nonfinite_total: jax.Array   # updates skipped for a non-finite loss or gradient
+  nonfinite_streak: jax.Array  # ... of which in a row up to now
+
+
+def create_train_state(params, optimizer, rng):
+  """A fresh TrainState with EMA = params (copied, so donation of one never frees the other)."""
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                    ema_params=jax.tree.map(jnp.array, params), opt_state=optimizer.init(params),
+                    rng=rng, nonfinite_total=jnp.zeros((), jnp.int32),
+                    nonfinite_streak=jnp.zeros((), jnp.int32))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Optimizer.
+
+def make_learning_rate(learning_rate, warmup_steps=0, decay='constant', total_steps=0, end_factor=0.0):
+  """Linear warmup to `learning_rate`, then constant, linear decay or cosine decay to end_factor*lr."""
+  if decay not in ('constant', 'linear', 'cosine'):
+    raise ValueError(f"optimizer.decay must be one of ('constant', 'linear', 'cosine'); got {decay!r}")
+  warmup = optax.linear_schedule(0.0, learning_rate, max(int(warmup_steps), 1))
+  if decay == 'constant':
+    after = optax.constant_schedule(learning_rate)
+  else:
+    steps = max(int(total_steps) - int(warmup_steps), 1)
+    if decay == 'linear':
+      after = optax.linear_schedule(learning_rate, learning_rate * end_factor, steps)
+    else:
+      after = optax.cosine_decay_schedule(learning_rate, steps, alpha=end_factor)
+  return optax.join_schedules([warmup, after], [int(warmup_steps)])
+
+
+def make_optimizer(cfg, total_steps):
+  """optax Adam(W) with SiD2's knobs: beta1, beta2, eps, weight decay, warmup, grad clipping (B.7)."""
+  if cfg.name not in ('adam', 'adamw'):
+    raise ValueError(f"optimizer.name must be one of ('adam', 'adamw'); got {cfg.name!r}")
+  lr = make_learning_rate(cfg.learning_rate, cfg.warmup_steps, cfg.get('decay', 'constant'), total_steps,
+                          cfg.get('end_factor', 0.0))
+  parts = []
+  if cfg.get('grad_clip', 0.0) and cfg.grad_clip > 0:
+    parts.append(optax.clip_by_global_norm(cfg.grad_clip))
+  parts.append(optax.adamw(lr, b1=cfg.beta1, b2=cfg.beta2, eps=cfg.eps, weight_decay=cfg.weight_decay))
+  return optax.chain(*parts), lr
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Pieces of the step, each a small pure function.
+
+def sample_t(rng, batch_size, low_discrepancy=False):
+  """t ~ U(0, 1) per example; low-discrepancy: t_i = (u + i / B) mod 1 with one shared u (VDM)."""
+  if low_discrepancy:
+    u = jax.random.uniform(rng, ())
+    return jnp.mod(u + jnp.arange(batch_size, dtype=jnp.float32) / batch_size, 1.0)
+  return jax.random.uniform(rng, (batch_size,))
+
+
+def drop_labels(rng, labels, null_label, drop_prob):
+  """Replaces labels by the null class with probability drop_prob (classifier-free guidance training)."""
+  keep = jax.random.uniform(rng, labels.shape) >= drop_prob
+  return jnp.where(keep, labels, null_label)
+
+
+def logsnr_bin_stats(logsnr, values):
+  """Per-bin sums and counts of `values` over LOGSNR_BIN_EDGES (for loss-vs-logSNR curves)."""
+  idx = jnp.searchsorted(jnp.asarray(LOGSNR_BIN_EDGES, jnp.float32), logsnr)
+  sums = jax.ops.segment_sum(values, idx, num_segments=NUM_LOGSNR_BINS)
+  counts = jax.ops.segment_sum(jnp.ones_like(values), idx, num_segments=NUM_LOGSNR_BINS)
+  return sums, counts
+
+
+def ema_update(ema, params, decay):
+  """ema <- decay * ema + (1 - decay) * params."""
+  return jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, ema, params)
+
+
+def ema_decay_at(step, decay):
+  """min(decay, (1 + step) / (10 + step)): the EMA forgets the random init quickly early in training."""
+  step = jnp.asarray(step, jnp.float32)
+  return jnp.minimum(decay, (1.0 + step) / (10.0 + step))
+
+
+def tree_all_finite(tree):
+  leaves = jax.tree.leaves(tree)
+  return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
+
+
+def tree_select(pred, on_true, on_false):
+  return jax.tree.map(lambda a, b: jnp.where(pred, a, b), on_true, on_false)
+
+
+@dataclasses.dataclass(frozen=True)
+class StepConfig:
+  """The numbers of the step that are not functions."""
+  ema_decay: float = 0.9999
+  num_classes: int = 0        # 0: unconditional; else labels in [0, num_classes), null class = num_classes
+  cond_drop_prob: float = 0.1
+  low_discrepancy: bool = False
+
+
+def make_loss_fn(apply_fn, schedule, loss_fn, parametrization, step_cfg: StepConfig):
+  """(params, batch, rng, step) -> (scalar loss, aux): the diffusion objective of one batch (SPEC §3)."""
+  param_lib.check(parametrization)
+
+  def objective(params, batch, rng, step):
+    x = batch['image']
+    rng_t, rng_eps, rng_drop, rng_model = jax.random.split(rng, 4)
+    t = sample_t(rng_t, x.shape[0], step_cfg.low_discrepancy)
+    eps = jax.random.normal(rng_eps, x.shape, x.dtype)
+    logsnr = schedule(t)
+    z = param_lib.diffuse(x, eps, logsnr)
+    labels = None
+    if step_cfg.num_classes > 0:
+      labels = drop_labels(rng_drop, batch['label'], step_cfg.num_classes, step_cfg.cond_drop_prob)
+    out = apply_fn(params, z, logsnr, labels, True, rng_model).astype(jnp.float32)
+    x_hat, eps_hat = param_lib.to_x_eps(out, z, logsnr, parametrization)
+    per_example = loss_fn(x, eps, x_hat, eps_hat, t, step)
+    eps_mse = jnp.mean((eps - eps_hat) ** 2, axis=tuple(range(1, x.ndim)))
+    aux = dict(per_example=per_example, eps_mse=eps_mse, logsnr=logsnr)
+    return jnp.mean(per_example), aux
+  return objective
+
+
+def make_train_step(apply_fn: Callable, schedule: Callable, loss_fn: Callable, parametrization: str,
+                    optimizer: optax.GradientTransformation, step_cfg: StepConfig):
+  """The un-jitted train step `(state, batch) -> (state, metrics)`; see `jit_train_step` for sharding.
+
+  apply_fn(params, z, logsnr, labels, train, rng) -> model output; loss_fn as from `sid2.losses.get_loss`.
+  A non-finite loss or gradient skips the update (params, EMA and optimizer state unchanged), counts it
+  in `nonfinite_total` and `nonfinite_streak`; the trainer stops after too long a streak.
+  """
+  objective = make_loss_fn(apply_fn, schedule, loss_fn, parametrization, step_cfg)
+
+  def train_step(state: TrainState, batch):
+    rng = jax.random.fold_in(state.rng, state.step)
+    (loss, aux), grads = jax.value_and_grad(objective, has_aux=True)(state.params, batch, rng, state.step)
+    updates, new_opt_state = optimizer.update(grads, state.opt_state, state.params)
+    new_params = optax.apply_updates(state.params, updates)
+    new_ema = ema_update(state.ema_params, new_params, ema_decay_at(state.step, step_cfg.ema_decay))
+    ok = jnp.isfinite(loss) & tree_all_finite(grads)
+    new_state = state.replace(
+        step=state.step + 1,
+        params=tree_select(ok, new_params, state.params),
+        ema_params=tree_select(ok, new_ema, state.ema_params),
+        opt_state=tree_select(ok, new_opt_state, state.opt_state),
+        nonfinite_total=state.nonfinite_total + (~ok).astype(jnp.int32),
+        nonfinite_streak=jnp.where(ok, 0, state.nonfinite_streak + 1))
+    bin_loss, bin_count = logsnr_bin_stats(aux['logsnr'], aux['per_example'])
+    bin_mse, _ = logsnr_bin_stats(aux['logsnr'], aux['eps_mse'])
+    metrics = dict(loss=loss, eps_mse=jnp.mean(aux['eps_mse']), grad_norm=optax.global_norm(grads),
+                   update_ok=ok.astype(jnp.float32), bin_loss_sum=bin_loss, bin_eps_mse_sum=bin_mse,
+                   bin_count=bin_count, nonfinite_streak=new_state.nonfinite_streak,
+                   nonfinite_total=new_state.nonfinite_total)
+    return new_state, metrics
+  return train_step
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Sharding.
+
+def make_mesh(devices=None):
+  """A 1-D mesh over all (global) devices with the axis name `data`."""
+  devices = jax.devices() if devices is None else devices
+  return Mesh(np.asarray(devices), ('data',))
+
+
+def replicated(mesh):
+  return NamedSharding(mesh, P())
+
+
+def batch_sharded(mesh):
+  return NamedSharding(mesh, P('data'))
+
+
+def jit_train_step(train_step, mesh, donate=True):
+  """jit with params/state replicated and the batch sharded on `data`; metrics come back replicated."""
+  rep, data = replicated(mesh), batch_sharded(mesh)
+  return jax.jit(train_step, in_shardings=(rep, data), out_shardings=(rep, rep),
+                 donate_argnums=(0,) if donate else ())
+
+
+def global_batch(local_batch, mesh):
+  """Assembles the global batch from this process's part (multi-host: one slice per process)."""
+  sharding = batch_sharded(mesh)
+  return jax.tree.map(lambda a: jax.make_array_from_process_local_data(sharding, np.asarray(a)),
+                      local_batch)

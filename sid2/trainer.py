@@ -1,0 +1,281 @@
+"""The training loop: data -> jitted data-parallel step -> metrics, samples, checkpoints (flat, readable).
+
+`train_and_evaluate(config, workdir)` is what `python -m experiments.train` runs. Workdir layout (SPEC §12):
+  checkpoints/          orbax checkpoints (state + data position), the last `keep_checkpoints`
+  events.out.tfevents*  TensorBoard scalars, loss-vs-logSNR and sample images (clu metric writers)
+  samples/step_<N>.png  the sample grid at every eval
+  loss_vs_logsnr.jsonl  per-logSNR-bin mean weighted loss and eps-MSE at every log step (for notebooks)
+  config.json           the resolved config
+"""
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import math
+import os
+import signal
+import time
+from typing import Any, Optional
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from clu import metric_writers
+
+from sid2 import checkpoint as ckpt_lib
+from sid2 import config_lib
+from sid2 import data as data_lib
+from sid2 import guidance as guidance_lib
+from sid2 import losses
+from sid2 import models
+from sid2 import parametrization as param_lib
+from sid2 import samplers
+from sid2 import schedules
+from sid2 import train_step as ts
+from sid2.images import save_image_grid, image_grid
+
+
+class NonFiniteError(RuntimeError):
+  """Raised when too many updates in a row had a non-finite loss or gradient."""
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Building blocks, each usable on its own (notebooks, export, evaluation).
+
+def build_model(config, num_channels):
+  return models.get_model(config.model, image_res=config.image_res, num_channels=num_channels)
+
+
+def make_apply_fn(model):
+  """apply_fn(params, z, logsnr, labels, train, rng) in the form the train step expects."""
+  def apply_fn(params, z, logsnr, labels, train, rng):
+    return model.apply({'params': params}, z, logsnr, labels, train=train, rngs={'dropout': rng})
+  return apply_fn
+
+
+def init_params(model, config, num_channels, rng):
+  res = config.image_res
+  z = jnp.zeros((1, res, res, num_channels), jnp.float32)
+  labels = jnp.zeros((1,), jnp.int32) if config.model.get('num_classes', 0) else None
+  return model.init({'params': rng, 'dropout': rng}, z, jnp.zeros((1,)), labels, train=False)['params']
+
+
+def make_x_pred(model, parametrization):
+  """x_pred(params, z, logsnr, labels) -> x_hat for samplers (SPEC §2, §12)."""
+  def x_pred(params, z, logsnr, labels):
+    out = model.apply({'params': params}, z, logsnr, labels, train=False).astype(jnp.float32)
+    return param_lib.to_x_eps(out, z, logsnr, parametrization)[0]
+  return x_pred
+
+
+def make_sample_fn(model, config, num_samples, num_channels):
+  """A jitted `sample(params, rng, labels, guidance, lo, hi) -> images` from the config's sampler settings.
+
+  Guidance strength and interval are traced: changing them does not recompile (SPEC §7).
+  """
+  s = config.sampler
+  res = config.image_res
+  schedule = schedules.get_schedule(config.schedule, image_res=res)
+  loop = samplers.sample_loop_fn((num_samples, res, res, num_channels), schedule, sampler=s.name,
+                                 num_steps=s.num_steps, clip_x=s.clip_x, logvar_type=s.logvar_type,
+                                 eta=s.get('eta', 0.0))
+  x_pred = make_x_pred(model, config.parametrization)
+  num_classes = config.model.get('num_classes', 0)
+
+  def sample(params, rng, labels, guidance, lo, hi):
+    if num_classes:
+      fn = guidance_lib.class_guided_x_pred_fn(functools.partial(x_pred, params), labels, num_classes,
+                                               guidance, (lo, hi))
+    else:
+      fn = lambda z, logsnr: x_pred(params, z, logsnr, None)
+    return loop(fn, rng)
+  return jax.jit(sample)
+
+
+def guidance_args(config):
+  s = config.sampler
+  interval = tuple(s.get('guidance_interval', ())) or (-math.inf, math.inf)
+  return jnp.float32(s.get('guidance', 0.0)), jnp.float32(interval[0]), jnp.float32(interval[1])
+
+
+def write_loss_vs_logsnr(path, step, sums, mse_sums, counts):
+  """Appends one JSON line: bin edges, mean weighted loss and eps-MSE per logSNR bin."""
+  with np.errstate(invalid='ignore', divide='ignore'):
+    rec = dict(step=int(step), bin_edges=ts.LOGSNR_BIN_EDGES.tolist(), count=counts.astype(int).tolist(),
+               loss=np.where(counts > 0, sums / counts, np.nan).tolist(),
+               eps_mse=np.where(counts > 0, mse_sums / counts, np.nan).tolist())
+  with open(path, 'a') as f:
+    f.write(json.dumps(rec, allow_nan=True) + '\n')
+
+
+class _Preemption:
+  """Sets a flag on SIGTERM so the loop saves a checkpoint and exits cleanly."""
+
+  def __init__(self):
+    self.requested = False
+    self._old = None
+
+  def __enter__(self):
+    try:
+      self._old = signal.signal(signal.SIGTERM, self._handle)
+    except ValueError:  # not the main thread
+      self._old = None
+    return self
+
+  def _handle(self, signum, frame):
+    del signum, frame
+    logging.warning('SIGTERM received: saving a checkpoint and exiting')
+    self.requested = True
+
+  def __exit__(self, *exc):
+    if self._old is not None:
+      signal.signal(signal.SIGTERM, self._old)
+
+
+def _progress_line(step, total, loss, steps_per_s, elapsed):
+  eta = (total - step) / steps_per_s if steps_per_s > 0 else float('nan')
+  fmt = lambda s: time.strftime('%H:%M:%S', time.gmtime(s)) if math.isfinite(s) else '--:--:--'
+  bar_w = 24
+  filled = int(bar_w * step / max(total, 1))
+  return (f'[{"#" * filled}{"." * (bar_w - filled)}] step {step}/{total}  loss {loss:.5f}  '
+          f'{steps_per_s:.2f} steps/s  elapsed {fmt(elapsed)}  ETA {fmt(eta)}')
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The loop.
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, stop_after: Optional[int] = None):
+  """Trains `config` in `workdir`, resuming from its latest checkpoint. Returns the final TrainState.
+
+  stop_after: end the run (with a checkpoint) after this many steps in this invocation (tests, debugging).
+  """
+  config_lib.validate_config(config, num_devices=jax.device_count())
+  workdir = os.path.abspath(workdir)
+  is_main = jax.process_index() == 0
+  os.makedirs(os.path.join(workdir, 'samples'), exist_ok=True)
+  if is_main:
+    with open(os.path.join(workdir, 'config.json'), 'w') as f:
+      f.write(config.to_json_best_effort(indent=2))
+
+  mesh = ts.make_mesh()
+  ds = data_lib.get_dataset(config.dataset, image_res=config.image_res, global_batch_size=config.batch_size,
+                            seed=config.seed, process_index=jax.process_index(),
+                            process_count=jax.process_count())
+  model = build_model(config, ds.num_channels)
+  schedule = schedules.get_schedule(config.schedule, image_res=config.image_res)
+  loss_fn = losses.get_loss(config.loss_type, schedule)
+  optimizer, lr_fn = ts.make_optimizer(config.optimizer, config.total_steps)
+  step_cfg = ts.StepConfig(ema_decay=config.ema_decay, num_classes=config.model.get('num_classes', 0),
+                           cond_drop_prob=config.cond_drop_prob, low_discrepancy=config.low_discrepancy)
+  train_step = ts.jit_train_step(
+      ts.make_train_step(make_apply_fn(model), schedule, loss_fn, config.parametrization, optimizer,
+                         step_cfg), mesh)
+
+  rng = jax.random.PRNGKey(config.seed)
+  init_rng, state_rng, sample_rng = jax.random.split(rng, 3)
+  rep = ts.replicated(mesh)
+  state = jax.jit(lambda r: ts.create_train_state(init_params(model, config, ds.num_channels, r), optimizer,
+                                                  state_rng), out_shardings=rep)(init_rng)
+  num_params = sum(x.size for x in jax.tree.leaves(state.params))
+
+  ckpt = ckpt_lib.Checkpointer(os.path.join(workdir, 'checkpoints'), keep=config.keep_checkpoints)
+  restored = ckpt.restore_latest(ckpt_lib.abstract_like(state))
+  if restored is not None:
+    start_step, state, data_state = restored
+    ds.set_state(data_state)
+    logging.info('resumed from checkpoint at step %d', start_step)
+  start_step = int(state.step)
+
+  writer = metric_writers.create_default_writer(workdir, just_logging=not is_main)
+  if start_step == 0:
+    writer.write_hparams({k: v for k, v in config.to_dict().items() if isinstance(v, (int, float, str))})
+  logging.info('model %s: %.2fM parameters, %d devices, %d processes', config.model.name, num_params / 1e6,
+               jax.device_count(), jax.process_count())
+
+  num_samples = config.sampler.get('num_samples', 64)
+  sample_fn = make_sample_fn(model, config, num_samples, ds.num_channels)
+  sample_labels = jnp.arange(num_samples, dtype=jnp.int32) % max(step_cfg.num_classes, 1)
+
+  def evaluate(step):
+    images = np.asarray(jax.device_get(
+        sample_fn(state.ema_params, sample_rng, sample_labels, *guidance_args(config))))
+    if is_main:
+      save_image_grid(images, os.path.join(workdir, 'samples', f'step_{step}.png'))
+      writer.write_images(step, {'samples': image_grid(images)[None]})
+
+  def save(step):
+    ckpt.save(step, state, ds.get_state())
+
+  acc = None
+  last_time, last_step, t0 = time.time(), start_step, time.time()
+  pending = None  # metrics of the previous step, read one step late so the host never stalls the device
+  end_step = config.total_steps if stop_after is None else min(config.total_steps, start_step + stop_after)
+  with _Preemption() as preempt:
+    for step in range(start_step, end_step):
+      batch = ts.global_batch(ds.next_batch(step), mesh)
+      state, metrics = train_step(state, batch)
+      if pending is not None:
+        acc = _absorb(acc, *pending, config.max_nonfinite_streak, ckpt)
+      pending = (step + 1, metrics)
+      done = step + 1
+      if done % config.log_every == 0 or done == end_step:
+        acc = _absorb(acc, *pending, config.max_nonfinite_streak, ckpt)
+        pending = None
+        now = time.time()
+        rate = (done - last_step) / max(now - last_time, 1e-9)
+        last_time, last_step = now, done
+        scalars = {k: float(acc[k] / acc['n']) for k in ('loss', 'eps_mse', 'grad_norm', 'update_ok')}
+        scalars.update(steps_per_sec=rate, learning_rate=float(lr_fn(done)),
+                       images_per_sec=rate * config.batch_size, nonfinite_total=float(acc['nonfinite_total']))
+        counts = acc['bin_count']
+        for i in np.nonzero(counts)[0]:
+          lo = ts.LOGSNR_BIN_EDGES[i - 1] if i > 0 else -np.inf
+          scalars[f'loss_vs_logsnr/bin_{i:02d}_from_{lo:+.0f}'] = float(acc['bin_loss_sum'][i] / counts[i])
+        writer.write_scalars(done, scalars)
+        if is_main:
+          write_loss_vs_logsnr(os.path.join(workdir, 'loss_vs_logsnr.jsonl'), done, acc['bin_loss_sum'],
+                               acc['bin_eps_mse_sum'], counts)
+          print(_progress_line(done, config.total_steps, scalars['loss'], rate, now - t0), flush=True)
+        acc = None
+      if done % config.checkpoint_every == 0 or done == config.total_steps:
+        save(done)
+      if done % config.eval_every == 0 or done == config.total_steps:
+        evaluate(done)
+      if preempt.requested:
+        save(done)
+        break
+    else:
+      if stop_after is not None:
+        save(end_step)
+  writer.flush()
+  ckpt.close()
+  return state
+
+
+def _absorb(acc, step, metrics, max_streak, ckpt):
+  """Accumulates one step's metrics and stops the run after `max_streak` non-finite updates in a row."""
+  acc = _accumulate(acc, metrics)
+  if acc['nonfinite_streak'] >= max_streak:
+    ckpt.wait()
+    raise NonFiniteError(
+        f'{acc["nonfinite_streak"]} updates in a row had a non-finite loss or gradient (last at step {step}); '
+        f'stopping. The last good checkpoint is intact: step {ckpt.latest_step()} in {ckpt.directory}.')
+  return acc
+
+
+def _accumulate(acc, metrics):
+  """Host-side running sums of a step's metrics (fetched here, one step after they were produced)."""
+  m = jax.device_get(metrics)
+  if acc is None:
+    acc = dict(n=0, loss=0.0, eps_mse=0.0, grad_norm=0.0, update_ok=0.0, bin_loss_sum=0.0,
+               bin_eps_mse_sum=0.0, bin_count=0.0)
+  acc['n'] += 1
+  for k in ('loss', 'eps_mse', 'grad_norm', 'update_ok'):
+    acc[k] += float(m[k]) if np.isfinite(m[k]) else 0.0
+  for k in ('bin_loss_sum', 'bin_eps_mse_sum', 'bin_count'):
+    acc[k] = acc[k] + np.nan_to_num(np.asarray(m[k], np.float64))
+  acc['nonfinite_streak'] = int(m['nonfinite_streak'])
+  acc['nonfinite_total'] = int(m['nonfinite_total'])
+  return acc
