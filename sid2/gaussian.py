@@ -47,6 +47,7 @@ def gaussian_marginal(logsnr, mean, var):
   return jnp.sqrt(a2) * mean, a2 * var + s2
 
 
+@jax.jit
 def gaussian_posterior_mean(z, logsnr, mean, var):
   """E[x|z] = mu + alpha s^2 / (alpha^2 s^2 + sigma^2) (z - alpha mu) for x ~ N(mu, diag s^2) (SPEC §6)."""
   alpha, sigma = schedules.alpha_sigma(logsnr)
@@ -56,6 +57,7 @@ def gaussian_posterior_mean(z, logsnr, mean, var):
   return mean + gain * (z - alpha * mean)
 
 
+@jax.jit
 def gaussian_posterior_variance(logsnr, var):
   """Var[x|z] = s^2 sigma^2 / (alpha^2 s^2 + sigma^2) per dim, shape [B, *var.shape] (SPEC §6)."""
   var = jnp.asarray(var, jnp.float32)
@@ -64,6 +66,7 @@ def gaussian_posterior_variance(logsnr, var):
   return var * s2 / (a2 * var + s2)
 
 
+@jax.jit
 def gaussian_ode_flow(z_t, logsnr_t, logsnr_s, mean, var):
   """Exact probability-flow ODE map z_t -> z_s for Gaussian data (VP, per dimension).
 
@@ -138,12 +141,14 @@ def _mixture_components(z, logsnr, weights, means, variances):
   return resp, post_mean, post_var
 
 
+@jax.jit
 def mixture_posterior_mean(z, logsnr, weights, means, variances):
   """E[x|z] = sum_k softmax_k(log w_k + log N(z; alpha mu_k, alpha^2 s_k^2 + sigma^2)) E[x|z,k] (SPEC §9 form)."""
   resp, post_mean, _ = _mixture_components(z, logsnr, weights, means, variances)
   return jnp.sum(_bcast(resp, post_mean) * post_mean, axis=1)
 
 
+@jax.jit
 def mixture_posterior_variance(z, logsnr, weights, means, variances):
   """Var[x|z] per dim by the law of total variance: sum_k r_k (v_k + m_k^2) - (sum_k r_k m_k)^2."""
   resp, post_mean, post_var = _mixture_components(z, logsnr, weights, means, variances)
@@ -162,11 +167,3 @@ def mixture_x_pred_fn(weights, means, variances):
   _check_var(variances, 'variances')
   return Partial(_mixture_x_pred, jnp.exp(log_w), means, variances)
 
-
-def mixture_sample(rng, num, weights, means, variances):
-  """Draws `num` exact samples x ~ sum_k w_k N(mu_k, diag s_k^2); returns (x [num, ...], component [num])."""
-  log_w, means, variances = _mixture_params(weights, means, variances)
-  k_rng, n_rng = jax.random.split(rng)
-  comp = jax.random.categorical(k_rng, log_w, shape=(num,))
-  noise = jax.random.normal(n_rng, (num,) + means.shape[1:])
-  return means[comp] + jnp.sqrt(variances[comp]) * noise, comp
