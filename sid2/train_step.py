@@ -131,11 +131,17 @@ class StepConfig:
   low_discrepancy: bool = False
 
 
-def make_loss_fn(apply_fn, schedule, loss_fn, parametrization, step_cfg: StepConfig):
-  """(params, batch, rng, step) -> (scalar loss, aux): the diffusion objective of one batch (SPEC §3)."""
+def make_loss_fn(apply_fn, schedule, loss_fn, parametrization, step_cfg: StepConfig, aux_loss_fn=None):
+  """(params, batch, rng, step, frozen) -> (scalar loss, aux): the diffusion objective of a batch (SPEC §3).
+
+  With `aux_loss_fn`, apply_fn returns (output, features) and the per-example loss gets
+  `aux_loss_fn(frozen, features, inputs) -> (per-example [B], {name: scalar})` added, where `inputs` holds
+  x, z, logsnr, t, labels, out, x_hat, eps_hat and `frozen` is a pytree of arrays that are not trained
+  (e.g. a distillation teacher's parameters).
+  """
   param_lib.check(parametrization)
 
-  def objective(params, batch, rng, step):
+  def objective(params, batch, rng, step, frozen=None):
     x = batch['image']
     rng_t, rng_eps, rng_drop, rng_model = jax.random.split(rng, 4)
     t = sample_t(rng_t, x.shape[0], step_cfg.low_discrepancy)
@@ -145,28 +151,39 @@ def make_loss_fn(apply_fn, schedule, loss_fn, parametrization, step_cfg: StepCon
     labels = None
     if step_cfg.num_classes > 0:
       labels = drop_labels(rng_drop, batch['label'], step_cfg.num_classes, step_cfg.cond_drop_prob)
-    out = apply_fn(params, z, logsnr, labels, True, rng_model).astype(jnp.float32)
+    out = apply_fn(params, z, logsnr, labels, True, rng_model)
+    features = None
+    if aux_loss_fn is not None:
+      out, features = out
+    out = out.astype(jnp.float32)
     x_hat, eps_hat = param_lib.to_x_eps(out, z, logsnr, parametrization)
     per_example = loss_fn(x, eps, x_hat, eps_hat, t, step)
     eps_mse = jnp.mean((eps - eps_hat) ** 2, axis=tuple(range(1, x.ndim)))
-    aux = dict(per_example=per_example, eps_mse=eps_mse, logsnr=logsnr)
+    aux = dict(per_example=per_example, eps_mse=eps_mse, logsnr=logsnr, extra={})
+    if aux_loss_fn is not None:
+      inputs = dict(x=x, z=z, logsnr=logsnr, t=t, labels=labels, out=out, x_hat=x_hat, eps_hat=eps_hat)
+      extra, aux['extra'] = aux_loss_fn(frozen, features, inputs)
+      aux['diffusion_loss'] = jnp.mean(per_example)
+      per_example = per_example + extra
     return jnp.mean(per_example), aux
   return objective
 
 
 def make_train_step(apply_fn: Callable, schedule: Callable, loss_fn: Callable, parametrization: str,
-                    optimizer: optax.GradientTransformation, step_cfg: StepConfig):
-  """The un-jitted train step `(state, batch) -> (state, metrics)`; see `jit_train_step` for sharding.
+                    optimizer: optax.GradientTransformation, step_cfg: StepConfig, aux_loss_fn=None):
+  """The un-jitted train step `(state, batch, frozen=None) -> (state, metrics)`; see `jit_train_step`.
 
   apply_fn(params, z, logsnr, labels, train, rng) -> model output; loss_fn as from `sid2.losses.get_loss`.
   A non-finite loss or gradient skips the update (params, EMA and optimizer state unchanged), counts it
   in `nonfinite_total` and `nonfinite_streak`; the trainer stops after too long a streak.
+  aux_loss_fn: an extra per-example loss on model features (see `make_loss_fn`), e.g. distillation.
   """
-  objective = make_loss_fn(apply_fn, schedule, loss_fn, parametrization, step_cfg)
+  objective = make_loss_fn(apply_fn, schedule, loss_fn, parametrization, step_cfg, aux_loss_fn)
 
-  def train_step(state: TrainState, batch):
+  def train_step(state: TrainState, batch, frozen=None):
     rng = jax.random.fold_in(state.rng, state.step)
-    (loss, aux), grads = jax.value_and_grad(objective, has_aux=True)(state.params, batch, rng, state.step)
+    (loss, aux), grads = jax.value_and_grad(objective, has_aux=True)(state.params, batch, rng, state.step,
+                                                                      frozen)
     updates, new_opt_state = optimizer.update(grads, state.opt_state, state.params)
     new_params = optax.apply_updates(state.params, updates)
     new_ema = ema_update(state.ema_params, new_params, ema_decay_at(state.step, step_cfg.ema_decay))
@@ -180,10 +197,13 @@ def make_train_step(apply_fn: Callable, schedule: Callable, loss_fn: Callable, p
         nonfinite_streak=jnp.where(ok, 0, state.nonfinite_streak + 1))
     bin_loss, bin_count = logsnr_bin_stats(aux['logsnr'], aux['per_example'])
     bin_mse, _ = logsnr_bin_stats(aux['logsnr'], aux['eps_mse'])
-    metrics = dict(loss=loss, eps_mse=jnp.mean(aux['eps_mse']), grad_norm=optax.global_norm(grads),
+    metrics = dict(loss=loss, eps_mse=jnp.mean(aux['eps_mse']), grad_norm=optax.tree.norm(grads),
                    update_ok=ok.astype(jnp.float32), bin_loss_sum=bin_loss, bin_eps_mse_sum=bin_mse,
                    bin_count=bin_count, nonfinite_streak=new_state.nonfinite_streak,
                    nonfinite_total=new_state.nonfinite_total)
+    if aux_loss_fn is not None:
+      metrics['diffusion_loss'] = aux['diffusion_loss']
+      metrics.update({f'aux/{k}': v for k, v in aux['extra'].items()})
     return new_state, metrics
   return train_step
 
@@ -206,9 +226,9 @@ def batch_sharded(mesh):
 
 
 def jit_train_step(train_step, mesh, donate=True):
-  """jit with params/state replicated and the batch sharded on `data`; metrics come back replicated."""
+  """jit with state (and frozen arrays) replicated, the batch sharded on `data`; metrics replicated."""
   rep, data = replicated(mesh), batch_sharded(mesh)
-  return jax.jit(train_step, in_shardings=(rep, data), out_shardings=(rep, rep),
+  return jax.jit(train_step, in_shardings=(rep, data, rep), out_shardings=(rep, rep),
                  donate_argnums=(0,) if donate else ())
 
 

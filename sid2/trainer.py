@@ -41,6 +41,27 @@ class NonFiniteError(RuntimeError):
   """Raised when too many updates in a row had a non-finite loss or gradient."""
 
 
+# Auxiliary losses chosen by `config.distill.name` (other packages register theirs; sid2 imports none):
+# builder(config, model, num_channels) -> (apply_fn returning (output, features), aux_loss_fn, frozen pytree).
+AUX_LOSSES = {}
+
+
+def register_aux_loss(name, builder):
+  """Registers an auxiliary-loss builder (e.g. spectral's distillation) under `config.distill.name`."""
+  AUX_LOSSES[name] = builder
+
+
+def build_aux_loss(config, model, num_channels):
+  """(apply_fn, aux_loss_fn, frozen) for `config.distill`, or (None, None, None) without one."""
+  distill = config.get('distill', None)
+  if distill is None or not distill.get('name', ''):
+    return None, None, None
+  if distill.name not in AUX_LOSSES:
+    raise ValueError(f'config field distill.name={distill.name!r} is not registered; allowed: '
+                     f'{sorted(AUX_LOSSES)} (import the package that provides it, e.g. spectral)')
+  return AUX_LOSSES[distill.name](config, model, num_channels)
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Building blocks, each usable on its own (notebooks, export, evaluation).
 
@@ -169,9 +190,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, stop_
   optimizer, lr_fn = ts.make_optimizer(config.optimizer, config.total_steps)
   step_cfg = ts.StepConfig(ema_decay=config.ema_decay, num_classes=config.model.get('num_classes', 0),
                            cond_drop_prob=config.cond_drop_prob, low_discrepancy=config.low_discrepancy)
+  aux_apply_fn, aux_loss_fn, frozen = build_aux_loss(config, model, ds.num_channels)
   train_step = ts.jit_train_step(
-      ts.make_train_step(make_apply_fn(model), schedule, loss_fn, config.parametrization, optimizer,
-                         step_cfg), mesh)
+      ts.make_train_step(aux_apply_fn or make_apply_fn(model), schedule, loss_fn, config.parametrization,
+                         optimizer, step_cfg, aux_loss_fn), mesh)
+  frozen = jax.device_put(frozen, ts.replicated(mesh)) if frozen is not None else None
 
   rng = jax.random.PRNGKey(config.seed)
   init_rng, state_rng, sample_rng = jax.random.split(rng, 3)
@@ -195,10 +218,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, stop_
                jax.device_count(), jax.process_count())
 
   num_samples = config.sampler.get('num_samples', 64)
-  sample_fn = make_sample_fn(model, config, num_samples, ds.num_channels)
+  sample_fn = make_sample_fn(model, config, num_samples, ds.num_channels) if num_samples > 0 else None
   sample_labels = jnp.arange(num_samples, dtype=jnp.int32) % max(step_cfg.num_classes, 1)
 
   def evaluate(step):
+    if num_samples <= 0:
+      return
     images = np.asarray(jax.device_get(
         sample_fn(state.ema_params, sample_rng, sample_labels, *guidance_args(config))))
     if is_main:
@@ -215,7 +240,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, stop_
   with _Preemption() as preempt:
     for step in range(start_step, end_step):
       batch = ts.global_batch(ds.next_batch(step), mesh)
-      state, metrics = train_step(state, batch)
+      state, metrics = train_step(state, batch, frozen)
       if pending is not None:
         acc = _absorb(acc, *pending, config.max_nonfinite_streak, ckpt)
       pending = (step + 1, metrics)
@@ -226,7 +251,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, stop_
         now = time.time()
         rate = (done - last_step) / max(now - last_time, 1e-9)
         last_time, last_step = now, done
-        scalars = {k: float(acc[k] / acc['n']) for k in ('loss', 'eps_mse', 'grad_norm', 'update_ok')}
+        scalars = {k: float(v / acc['n']) for k, v in acc.items()
+                   if k not in ARRAY_METRICS + COUNTERS + ('n',)}
         scalars.update(steps_per_sec=rate, learning_rate=float(lr_fn(done)),
                        images_per_sec=rate * config.batch_size, nonfinite_total=float(acc['nonfinite_total']))
         counts = acc['bin_count']
@@ -265,17 +291,20 @@ def _absorb(acc, step, metrics, max_streak, ckpt):
   return acc
 
 
+ARRAY_METRICS = ('bin_loss_sum', 'bin_eps_mse_sum', 'bin_count')
+COUNTERS = ('nonfinite_streak', 'nonfinite_total')
+
+
 def _accumulate(acc, metrics):
   """Host-side running sums of a step's metrics (fetched here, one step after they were produced)."""
   m = jax.device_get(metrics)
-  if acc is None:
-    acc = dict(n=0, loss=0.0, eps_mse=0.0, grad_norm=0.0, update_ok=0.0, bin_loss_sum=0.0,
-               bin_eps_mse_sum=0.0, bin_count=0.0)
+  acc = dict(n=0) if acc is None else acc
   acc['n'] += 1
-  for k in ('loss', 'eps_mse', 'grad_norm', 'update_ok'):
-    acc[k] += float(m[k]) if np.isfinite(m[k]) else 0.0
-  for k in ('bin_loss_sum', 'bin_eps_mse_sum', 'bin_count'):
-    acc[k] = acc[k] + np.nan_to_num(np.asarray(m[k], np.float64))
-  acc['nonfinite_streak'] = int(m['nonfinite_streak'])
-  acc['nonfinite_total'] = int(m['nonfinite_total'])
+  for k, v in m.items():
+    if k in ARRAY_METRICS:
+      acc[k] = acc.get(k, 0.0) + np.nan_to_num(np.asarray(v, np.float64))
+    elif k in COUNTERS:
+      acc[k] = int(v)
+    else:
+      acc[k] = acc.get(k, 0.0) + (float(v) if np.isfinite(v) else 0.0)
   return acc

@@ -7,7 +7,6 @@ blocks per level (SiD2 C.3, asymmetric U-ViTs).
 """
 from __future__ import annotations
 
-import dataclasses
 from typing import Any, Optional, Sequence
 
 import flax.linen as nn
@@ -93,7 +92,7 @@ def resolve_uvit_config(model_config):
   if f['transformer_channels'] % f['num_heads']:
     raise ValueError(f'model.transformer_channels={f["transformer_channels"]} must be divisible by '
                      f'model.num_heads={f["num_heads"]}')
-  if not 0.0 <= float(f['dropout']) < 1.0:
+  if isinstance(f['dropout'], bool) or not isinstance(f['dropout'], (int, float)) or not 0 <= f['dropout'] < 1:
     raise ValueError(f'model.dropout must be in [0, 1), got {f["dropout"]!r}')
   if not isinstance(f['drop_top_level'], bool):
     raise ValueError(f'model.drop_top_level must be a bool, got {f["drop_top_level"]!r}')
@@ -278,6 +277,3 @@ def validate_uvit(model_config, image_res):
   """ValueError for a bad U-ViT sub-config or a resolution it cannot process."""
   check_resolution(resolve_uvit_config(model_config), image_res)
 
-
-assert set(UVIT_DEFAULTS) | {'num_channels'} == {
-    fl.name for fl in dataclasses.fields(UViT) if fl.name not in ('parent', 'name')}
