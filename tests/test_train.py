@@ -161,3 +161,29 @@ def test_nonfinite_updates_are_skipped_then_stop(tmp_path, monkeypatch):
     trainer.train_and_evaluate(_no_eval(total_steps=40, max_nonfinite_streak=4, checkpoint_every=100),
                                workdir)
   assert sorted(int(s) for s in os.listdir(os.path.join(workdir, 'checkpoints')) if s.isdigit())[-1] == 3
+
+
+def test_sigterm_saves_and_exits_cleanly(tmp_path):
+  import signal
+  import time
+  workdir = tmp_path / 'term'
+  p = _run_worker(['--workdir', str(workdir), '--steps', '100000', '--checkpoint_every', '100000', '--out',
+                   str(tmp_path / 'x.npz'), '--devices', '1'], {}, str(tmp_path))
+  log = workdir / 'loss_vs_logsnr.jsonl'
+  deadline = time.time() + 300
+  while time.time() < deadline and not (log.exists() and len(log.read_text().splitlines()) >= 3):
+    time.sleep(0.5)
+  assert p.poll() is None, p.communicate()[0][-3000:]
+  p.send_signal(signal.SIGTERM)
+  out = _finish(p)
+  steps = [int(s) for s in os.listdir(workdir / 'checkpoints') if s.isdigit()]
+  assert len(steps) == 1 and 3 <= steps[0] < 100000, (steps, out[-2000:])
+
+
+def test_tfds_mock_dataset_trains(tmp_path):
+  import tensorflow_datasets as tfds
+  cfg = _no_eval(total_steps=2, checkpoint_every=2, **{'dataset.name': 'cifar10', 'model.num_classes': 10})
+  with tfds.testing.mock_data(num_examples=32):
+    state = trainer.train_and_evaluate(cfg, str(tmp_path / 'mock'))
+  assert int(state.step) == 2
+  assert state.params['conv_in']['kernel'].shape[-2] == 3 * 4  # 3 channels, space-to-depth of 2

@@ -53,6 +53,7 @@ def main():
   ap.add_argument('--process_id', type=int, default=-1)
   ap.add_argument('--num_processes', type=int, default=1)
   ap.add_argument('--coordinator', default='')
+  ap.add_argument('--checkpoint_every', type=int, default=0)
   args = ap.parse_args()
   import jax
   if args.devices:
@@ -61,7 +62,8 @@ def main():
     jax.distributed.initialize(coordinator_address=args.coordinator, num_processes=args.num_processes,
                                process_id=args.process_id)
   from sid2 import trainer
-  cfg = tiny_config(total_steps=args.steps, eval_every=1000, checkpoint_every=args.steps, log_every=1,
+  cfg = tiny_config(total_steps=args.steps, eval_every=1000, checkpoint_every=args.checkpoint_every or args.steps,
+                    log_every=1,
                     **{'sampler.num_samples': 0})
   state = trainer.train_and_evaluate(cfg, args.workdir)
   if jax.process_index() == 0:
