@@ -1,0 +1,78 @@
+"""Export a workdir's EMA parameters (safetensors), config (JSON) and a serialized sampler (jax.export).
+
+  python -m experiments.export --workdir runs/fmnist --out export/ \
+      [--step N] [--export_num_samples 16] [--export_num_steps 128] [--sampler ddpm] [--platforms cpu,cuda]
+
+Writes export/params.safetensors, export/config.json, export/sampler.jaxexport and
+export/sampler.jaxexport.json. Load them without training code (see `sid2.export`):
+  params, config = sid2.export.load('export/')
+  sample = sid2.export.load_sampler('export/')
+  images = sample(params, rng=0, guidance=1.0, interval=(-3.0, 5.0))
+"""
+from __future__ import annotations
+
+import json
+from typing import Optional
+
+from absl import app
+from absl import flags
+
+from experiments import sample as sample_cli
+from sid2 import export as export_lib
+from sid2 import restore
+
+
+def define_flags(fv: flags.FlagValues):
+  d = dict(flag_values=fv)
+  flags.DEFINE_string('workdir', None, 'Training workdir (config.json + checkpoints/).', **d)
+  flags.DEFINE_string('out', None, 'Output directory.', **d)
+  flags.DEFINE_integer('step', None, 'Checkpoint step (default: the latest readable one).', **d)
+  flags.DEFINE_bool('export_sampler', True, 'Also write the serialized sampler.', **d)
+  flags.DEFINE_integer('export_num_samples', None, 'Batch of the exported sampler (default: '
+                       'config.sampler.num_samples).', **d)
+  flags.DEFINE_integer('export_num_steps', None, 'Steps of the exported sampler (default: '
+                       'config.sampler.num_steps).', **d)
+  flags.DEFINE_string('sampler', None, "'ddpm', 'ddim' or 'addim' (default: config.sampler.name).", **d)
+  flags.DEFINE_string('clip_x', None, "'none' or 'static'.", **d)
+  flags.DEFINE_string('logvar_type', None, "DDPM variance: 'small', 'large' or a fraction in [0, 1].", **d)
+  flags.DEFINE_float('eta', None, 'DDIM noise in [0, 1].', **d)
+  flags.DEFINE_string('platforms', ','.join(export_lib.DEFAULT_PLATFORMS),
+                      'Comma-separated platforms to lower the sampler for (cpu, cuda, rocm, tpu).', **d)
+
+
+def run(workdir: str, out: str, *, step=None, export_sampler=True, export_num_samples=None,
+        export_num_steps=None, sampler=None, clip_x=None, logvar_type=None, eta=None,
+        platforms=export_lib.DEFAULT_PLATFORMS, log=print) -> dict:
+  """Validates, registers the model (imports spectral if needed) and writes the export; returns a summary."""
+  if not workdir or not out:
+    raise ValueError('workdir and out are required')
+  config = restore.load_config(workdir)
+  sample_cli.ensure_model_registered(config)
+  if isinstance(platforms, str):
+    platforms = tuple(p.strip() for p in platforms.split(',') if p.strip())
+  summary = export_lib.export_workdir(
+      workdir, out, step=step, with_sampler=export_sampler, num_samples=export_num_samples,
+      num_steps=export_num_steps, sampler=sampler, clip_x=clip_x, logvar_type=logvar_type, eta=eta,
+      platforms=platforms)
+  log(f'exported step {summary["step"]} of {workdir} to {out} (params sha256 {summary["sha256"]})')
+  log(json.dumps(summary, indent=2))
+  return summary
+
+
+def main(argv, flag_values: Optional[flags.FlagValues] = None):
+  """CLI entry. argv: ['export', '--workdir=...', ...]; flags parsed into a fresh FlagValues unless given."""
+  fv = flag_values
+  if fv is None:
+    fv = flags.FlagValues()
+    define_flags(fv)
+    fv(list(argv))
+  elif len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  return run(fv.workdir, fv.out, step=fv.step, export_sampler=fv.export_sampler,
+             export_num_samples=fv.export_num_samples, export_num_steps=fv.export_num_steps,
+             sampler=fv.sampler, clip_x=fv.clip_x, logvar_type=fv.logvar_type, eta=fv.eta,
+             platforms=fv.platforms)
+
+
+if __name__ == '__main__':
+  sample_cli.cli_entry(main, define_flags)
