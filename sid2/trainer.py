@@ -176,14 +176,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, stop_
   workdir = os.path.abspath(workdir)
   is_main = jax.process_index() == 0
   os.makedirs(os.path.join(workdir, 'samples'), exist_ok=True)
-  if is_main:
-    with open(os.path.join(workdir, 'config.json'), 'w') as f:
-      f.write(config.to_json_best_effort(indent=2))
-
   mesh = ts.make_mesh()
   ds = data_lib.get_dataset(config.dataset, image_res=config.image_res, global_batch_size=config.batch_size,
                             seed=config.seed, process_index=jax.process_index(),
                             process_count=jax.process_count())
+  if is_main:
+    saved = ml_collections.ConfigDict(config.to_dict())
+    saved.num_channels = ds.num_channels  # so a workdir restores without its dataset
+    with open(os.path.join(workdir, 'config.json'), 'w') as f:
+      f.write(saved.to_json_best_effort(indent=2))
   model = build_model(config, ds.num_channels)
   schedule = schedules.get_schedule(config.schedule, image_res=config.image_res)
   loss_fn = losses.get_loss(config.loss_type, schedule)

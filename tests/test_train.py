@@ -37,6 +37,10 @@ def test_end_to_end_and_resume(tmp_path):
   state2 = trainer.train_and_evaluate(tiny_config(total_steps=8), workdir)
   assert int(state2.step) == 8
   assert '8' in os.listdir(os.path.join(workdir, 'checkpoints'))
+  from sid2 import restore
+  params, step = restore.load_ema_params(workdir)
+  assert step == 8 and _params_equal(params, state2.ema_params)
+  assert restore.load_config(workdir).num_channels == 1
 
 
 def _no_eval(**kw):
