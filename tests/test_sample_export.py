@@ -71,7 +71,9 @@ def _in_process_samples(run, seed, labels, guidance=1.0, interval=(-100.0, 100.0
 
 def test_restore_returns_the_trained_ema_params(run):
   config = restore.load_config(run.workdir)
-  assert json.loads(config.to_json()) == json.loads(tiny_config(checkpoint_every=1).to_json())
+  saved = json.loads(config.to_json())
+  assert saved.pop('num_channels') == 1
+  assert saved == json.loads(tiny_config(checkpoint_every=1).to_json())
   params, step = restore.load_ema_params(run.workdir)
   assert step == 2
   assert _equal_trees(params, run.state.ema_params)

@@ -64,7 +64,11 @@ def main():
   from sid2 import trainer
   cfg = tiny_config(total_steps=args.steps, eval_every=1000, checkpoint_every=args.checkpoint_every or args.steps,
                     log_every=1,
-                    **{'sampler.num_samples': 0})
+                    **{'sampler.num_samples': 0,
+                       # Adam divides by sqrt(v) + eps: with eps = 1e-8 parameters whose gradient is ~0
+                       # (behind the zero-initialised output layers) take lr-sized steps in the direction
+                       # of float reduction-order noise, so runs on different device counts drift apart.
+                       'optimizer.eps': 1e-5})
   state = trainer.train_and_evaluate(cfg, args.workdir)
   if jax.process_index() == 0:
     out = flat_params(jax.device_get(state.params))
