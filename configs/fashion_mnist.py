@@ -13,10 +13,10 @@ def get_config():
   c.description = 'SiD2 U-ViT, Fashion-MNIST 32x32, sigmoid loss, class-conditional'
   c.seed = 0
   c.batch_size = 64
-  c.total_steps = 3000
+  c.total_steps = 2400
   c.log_every = 50
-  c.eval_every = 500
-  c.checkpoint_every = 500
+  c.eval_every = 400
+  c.checkpoint_every = 400
   c.keep_checkpoints = 3
   c.max_nonfinite_streak = 20
 
