@@ -36,6 +36,7 @@ def main(argv):
                     process_id=FLAGS.process_id)
     jax.distributed.initialize(**kwargs)
   from sid2 import trainer  # after distributed init
+  import spectral  # registers the WG-UNet and distillation
   logging.info('JAX process %d/%d, local devices %s', jax.process_index(), jax.process_count(),
                jax.local_devices())
   trainer.train_and_evaluate(FLAGS.config, FLAGS.workdir, stop_after=FLAGS.stop_after)

@@ -1,0 +1,257 @@
+"""Spectrum-aware distillation of Spectral Diffusion (arXiv 2211.17106; SPEC §13; supplement §3.2-3.3).
+
+L = L_diffusion + λ_s L_spatial + λ_f L_freq over taps P ⊆ {output, feat-up1, feat-up2, feat-down4}:
+  L_spatial = Σ_i mean |F_T^(i) - Π_i F_S^(i)|²,
+  L_freq    = Σ_i mean_{u,v,c} w_i(u,v) |𝓕F_T^(i) - 𝓕Π_iF_S^(i)|²,   𝓕 = 2-D DFT over space, norm='ortho',
+  w_i       = (mean_c |𝓕 resize(x₀ -> H_i x W_i)| + δ)^α, α = -1, δ = 1e-3, stop-gradient.
+The teacher is frozen (its EMA parameters come in as the train step's `frozen` pytree and its forward runs
+under stop_gradient inside the same jitted step). The student's Π_i are its own parameters (`proj_taps`).
+
+`build_spectral_distillation` is registered with sid2's trainer as `config.distill.name = 'spectral'`.
+"""
+from __future__ import annotations
+
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from sid2 import checkpoint as ckpt_lib
+from sid2 import models
+from sid2 import train_step as ts
+from sid2 import trainer
+from spectral import unet as unet_lib
+
+DISTILL_DEFAULTS = dict(
+    name='spectral',
+    taps=('output', 'feat-up1'),  # supplement §3.2: the best pair (10.5 FID on FFHQ).
+    lambda_spatial=0.1,           # supplement §3.3, Table 1.
+    lambda_freq=0.1,
+    alpha=-1.0,                   # SPEC §13.
+    delta=1e-3,                   # SPEC §13 (ours).
+)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The losses: small pure functions of [B, H, W, C] arrays.
+
+def resize_to(x, height, width):
+  """x [B,h,w,C] -> [B,height,width,C]: identity at the same size, else antialiased linear resizing."""
+  if x.shape[1:3] == (height, width):
+    return x
+  return jax.image.resize(x, (x.shape[0], height, width, x.shape[3]), method='linear', antialias=True)
+
+
+def dft2(x):
+  """2-D DFT over the spatial axes of [B,H,W,C], norm='ortho' (SPEC §13): Σ|𝓕x|² = Σ|x|² per channel."""
+  return jnp.fft.fft2(x.astype(jnp.float32), axes=(1, 2), norm='ortho')
+
+
+def frequency_weights(x0, height, width, alpha=-1.0, delta=1e-3):
+  """w(u,v) = (mean_c |𝓕 resize(x₀)|(u,v) + δ)^α, [B,height,width,1], stop-gradient (SPEC §13)."""
+  mag = jnp.mean(jnp.abs(dft2(resize_to(x0, height, width))), axis=-1, keepdims=True)
+  return jax.lax.stop_gradient((mag + delta) ** alpha)
+
+
+def spatial_loss(teacher, student):
+  """mean over space and channels of |F_T - Π F_S|², per example [B] (SPEC §13 L_spatial, one tap)."""
+  return jnp.mean(jnp.square(teacher - student), axis=(1, 2, 3))
+
+
+def frequency_loss(teacher, student, weights):
+  """mean_{u,v,c} w(u,v) |𝓕F_T - 𝓕ΠF_S|², per example [B] (SPEC §13 L_freq, one tap)."""
+  diff = dft2(teacher) - dft2(student)
+  return jnp.mean(weights * (jnp.square(diff.real) + jnp.square(diff.imag)), axis=(1, 2, 3))
+
+
+def distill_losses(teacher_features, student_features, x0, taps, alpha=-1.0, delta=1e-3):
+  """{tap: (L_spatial [B], L_freq [B])} for each tap; the teacher's features are stop-gradient (SPEC §13)."""
+  out = {}
+  for tap in taps:
+    t = jax.lax.stop_gradient(teacher_features[tap].astype(jnp.float32))
+    s = student_features[tap].astype(jnp.float32)
+    if t.shape != s.shape:
+      raise ValueError(f'distillation tap {tap!r}: teacher feature {t.shape} and projected student feature '
+                       f'{s.shape} differ')
+    w = frequency_weights(x0, t.shape[1], t.shape[2], alpha, delta)
+    out[tap] = (spatial_loss(t, s), frequency_loss(t, s, w))
+  return out
+
+
+def combine(losses, lambda_spatial, lambda_freq):
+  """(per-example λ_s Σ_i L_spatial + λ_f Σ_i L_freq [B], {name: scalar metric}) (SPEC §13)."""
+  spatial = sum(s for s, _ in losses.values())
+  freq = sum(f for _, f in losses.values())
+  metrics = dict(spatial=jnp.mean(spatial), freq=jnp.mean(freq))
+  for tap, (s, f) in losses.items():
+    metrics[f'spatial/{tap}'] = jnp.mean(s)
+    metrics[f'freq/{tap}'] = jnp.mean(f)
+  return lambda_spatial * spatial + lambda_freq * freq, metrics
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Config.
+
+def resolve_distill_config(distill):
+  """The `distill` sub-config's fields with defaults; ValueError naming a bad field."""
+  cfg = distill.to_dict() if hasattr(distill, 'to_dict') else dict(distill)
+  unknown = sorted(set(cfg) - set(DISTILL_DEFAULTS))
+  if unknown:
+    raise ValueError(f'unknown config field(s) {["distill." + k for k in unknown]}; allowed: '
+                     f'{sorted(DISTILL_DEFAULTS)}')
+  f = dict(DISTILL_DEFAULTS, **cfg)
+  if f['name'] != 'spectral':
+    raise ValueError(f"config field distill.name must be 'spectral' here, got {f['name']!r}")
+  taps = f['taps']
+  if isinstance(taps, str) or not hasattr(taps, '__len__') or not taps:
+    raise ValueError(f'config field distill.taps must be a non-empty list of {unet_lib.TAPS}, got {taps!r}')
+  f['taps'] = tuple(taps)
+  for tap in f['taps']:
+    if tap not in unet_lib.TAPS:
+      raise ValueError(f'config field distill.taps entries must be in {unet_lib.TAPS}, got {tap!r}')
+  if len(set(f['taps'])) != len(f['taps']):
+    raise ValueError(f'config field distill.taps has repeated entries: {f["taps"]}')
+  for k in ('lambda_spatial', 'lambda_freq', 'alpha', 'delta'):
+    if isinstance(f[k], bool) or not isinstance(f[k], (int, float)):
+      raise ValueError(f'config field distill.{k} must be a number, got {f[k]!r}')
+    f[k] = float(f[k])
+  for k in ('lambda_spatial', 'lambda_freq'):
+    if f[k] < 0:
+      raise ValueError(f'config field distill.{k} must be >= 0, got {f[k]}')
+  if f['delta'] <= 0:
+    raise ValueError(f'config field distill.delta must be > 0, got {f["delta"]}')
+  return f
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The teacher.
+
+def read_workdir_config(workdir):
+  """The resolved config a training run wrote to `<workdir>/config.json`, as a ConfigDict."""
+  path = os.path.join(workdir, 'config.json')
+  if not os.path.isfile(path):
+    raise ValueError(f'config field teacher_workdir={workdir!r}: no config.json there (not a training '
+                     f'workdir?)')
+  with open(path) as f:
+    return ml_collections.ConfigDict(json.load(f))
+
+
+def restore_ema_params(workdir, config, model, num_channels):
+  """(step, EMA params) of the newest good checkpoint in `<workdir>/checkpoints` (sid2.checkpoint).
+
+  The whole TrainState is restored onto an abstract target built from `config` (jax.eval_shape, nothing
+  allocated but what is read), replicated over all devices; only its EMA parameters are kept.
+  """
+  directory = os.path.join(workdir, 'checkpoints')
+  if not os.path.isdir(directory):
+    raise ValueError(f'config field teacher_workdir={workdir!r}: no checkpoints/ folder there')
+  optimizer, _ = ts.make_optimizer(config.optimizer, config.total_steps)
+
+  def fresh_state(rng):
+    params = trainer.init_params(model, config, num_channels, rng)
+    return ts.create_train_state(params, optimizer, rng)
+
+  rep = ts.replicated(ts.make_mesh())
+  abstract = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=rep),
+                          jax.eval_shape(fresh_state, jax.random.PRNGKey(0)))
+  ckpt = ckpt_lib.Checkpointer(directory)
+  try:
+    restored = ckpt.restore_latest(abstract)
+  finally:
+    ckpt.close()
+  if restored is None:
+    raise ValueError(f'config field teacher_workdir={workdir!r}: no checkpoint in {directory} could be '
+                     f'restored')
+  step, state, _ = restored
+  return step, state.ema_params
+
+
+def check_compatible(config, teacher_config):
+  """ValueError unless teacher and student share what the distillation compares (SPEC §13)."""
+  for field in ('parametrization', 'schedule', 'image_res'):
+    if teacher_config.get(field) != config.get(field):
+      raise ValueError(f'config field {field}={config.get(field)!r} differs from the teacher\'s '
+                       f'{teacher_config.get(field)!r}: teacher and student must use the same '
+                       f'parametrisation, schedule and resolution')
+  t_channels = teacher_config.get('num_channels', None)
+  if t_channels is not None and config.get('num_channels', t_channels) != t_channels:
+    raise ValueError(f'config field num_channels={config.get("num_channels")} differs from the teacher\'s '
+                     f'{t_channels}')
+  if teacher_config.model.get('name') not in unet_lib.MODEL_NAMES:
+    raise ValueError(f'the teacher in teacher_workdir is model.name={teacher_config.model.get("name")!r}; '
+                     f'distillation needs a spectral UNet, one of {unet_lib.MODEL_NAMES}')
+  s = unet_lib.resolve_unet_config(config.model)
+  t = unet_lib.resolve_unet_config(teacher_config.model)
+  for field in ('conditioning', 'num_classes'):
+    if s[field] != t[field]:
+      raise ValueError(f'config field model.{field}={s[field]!r} differs from the teacher\'s {t[field]!r}')
+  if s['conditioning'] == 'text' and s['context_dim'] != t['context_dim']:
+    raise ValueError(f'config field model.context_dim={s["context_dim"]} differs from the teacher\'s '
+                     f'{t["context_dim"]} (both read the same text embeddings)')
+
+
+def check_taps(taps, model, teacher, image_res, num_channels):
+  """ValueError unless each feature tap has a student projection Π_i to the teacher's shape there."""
+  projected = dict(zip(model.proj_taps, model.proj_channels))
+  s_shapes = unet_lib.tap_shapes(model, image_res, num_channels)
+  t_shapes = unet_lib.tap_shapes(teacher, image_res, num_channels)
+  for tap in taps:
+    if tap == 'output':
+      continue
+    if tap not in projected:
+      raise ValueError(f'config field distill.taps has {tap!r} but model.proj_taps={tuple(model.proj_taps)} '
+                       f'has no projection Π for it; add it with the teacher\'s width '
+                       f'{t_shapes[tap].shape[-1]} in model.proj_channels')
+    if s_shapes[tap].shape != t_shapes[tap].shape:
+      raise ValueError(f'distillation tap {tap!r}: the projected student feature has shape '
+                       f'{s_shapes[tap].shape} but the teacher\'s is {t_shapes[tap].shape} (set '
+                       f'model.proj_channels to the teacher\'s width; both need the same number of stages)')
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The trainer hook.
+
+def make_student_apply_fn(model):
+  """apply_fn(params, z, logsnr, labels, train, rng) -> (output, {tap: feature}) for the train step."""
+  def apply_fn(params, z, logsnr, labels, train, rng):
+    return model.apply({'params': params}, z, logsnr, labels, train=train, rngs={'dropout': rng},
+                       return_features=True)
+  return apply_fn
+
+
+def make_aux_loss_fn(teacher, fields):
+  """aux_loss_fn(teacher_params, student_features, inputs) -> (per-example [B], metrics) (SPEC §13)."""
+  def aux_loss_fn(frozen, features, inputs):
+    _, teacher_features = teacher.apply({'params': jax.lax.stop_gradient(frozen)}, inputs['z'],
+                                        inputs['logsnr'], inputs['labels'], train=False,
+                                        return_features=True)
+    teacher_features = jax.lax.stop_gradient(teacher_features)
+    losses = distill_losses(teacher_features, features, inputs['x'], fields['taps'], fields['alpha'],
+                            fields['delta'])
+    return combine(losses, fields['lambda_spatial'], fields['lambda_freq'])
+  return aux_loss_fn
+
+
+def build_spectral_distillation(config, model, num_channels):
+  """sid2 trainer hook (`config.distill.name='spectral'`): (student apply_fn returning (output, features),
+  aux_loss_fn, frozen = the teacher's EMA params from `config.teacher_workdir`'s latest checkpoint)."""
+  fields = resolve_distill_config(config.distill)
+  workdir = config.get('teacher_workdir', '')
+  if not workdir:
+    raise ValueError('config field teacher_workdir must name the teacher\'s training workdir for '
+                     'distill.name=spectral')
+  if not isinstance(model, unet_lib.UNet):
+    raise ValueError(f'distill.name=spectral needs a spectral UNet student (model.name in '
+                     f'{unet_lib.MODEL_NAMES}), got model.name={config.model.get("name")!r}')
+  teacher_config = read_workdir_config(workdir)
+  check_compatible(config, teacher_config)
+  teacher = models.get_model(teacher_config.model, image_res=teacher_config.image_res,
+                             num_channels=num_channels)
+  check_taps(fields['taps'], model, teacher, config.image_res, num_channels)
+  _, teacher_params = restore_ema_params(workdir, teacher_config, teacher, num_channels)
+  return make_student_apply_fn(model), make_aux_loss_fn(teacher, fields), teacher_params
+
+
+trainer.register_aux_loss('spectral', build_spectral_distillation)
