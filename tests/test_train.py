@@ -117,7 +117,7 @@ def test_two_processes_match_single_process(tmp_path):
 @pytest.mark.parametrize('field,value,match', [
     ('schedule', 'cosine_wrong', 'allowed'),
     ('loss_type', 'sigmoidal:3', 'allowed loss_type'),
-    ('model.name', 'resnet', "allowed: \\['uvit'"),
+    ('model.name', 'resnet', "allowed: .*'uvit'"),
     ('image_res', 30, 'divisible'),
     ('sampler.name', 'euler', 'ddpm'),
     ('parametrization', 'score', "'eps', 'x', 'v'"),
