@@ -1,7 +1,7 @@
 """Cost of one denoising step of the Spectral Diffusion UNets: parameters, MACs and throughput.
 
   python -m experiments.spectral_cost [--configs spectral_ffhq spectral_ffhq:teacher ...] [--batch 16]
-      [--skip_throughput] [--max_throughput_gmacs 5] [--out costs.json]
+      [--skip_throughput] [--max_throughput_gmacs 6] [--min_time 2] [--out costs.json]
 
 For every config (a module in configs/, optionally ':<arg>' for its get_config) the model is built twice,
 with downsample='wavelet' (WG-Down / WG-Up) and 'plain' (strided conv / nearest + conv), everything else
@@ -120,7 +120,7 @@ def throughput(model, res, channels, batch, min_time=1.0, min_calls=3):
   return calls / (time.perf_counter() - start)
 
 
-def measure(spec, *, batch, skip_throughput, max_throughput_gmacs):
+def measure(spec, *, batch, skip_throughput, max_throughput_gmacs, min_time=2.0):
   """One row: for 'wavelet' and 'plain', params, GMACs and (optionally) throughput at batch 1 / `batch`."""
   config = load_config(spec)
   res, channels = config.image_res, config.get('num_channels', 1)
@@ -131,8 +131,8 @@ def measure(spec, *, batch, skip_throughput, max_throughput_gmacs):
     num_params, macs = macs_per_step(model, res, channels)
     entry = dict(params_m=num_params / 1e6, gmacs=macs / 1e9)
     if not skip_throughput and macs / 1e9 <= max_throughput_gmacs:
-      entry['steps_per_s_b1'] = throughput(model, res, channels, 1)
-      entry[f'steps_per_s_b{batch}'] = throughput(model, res, channels, batch)
+      entry['steps_per_s_b1'] = throughput(model, res, channels, 1, min_time)
+      entry[f'steps_per_s_b{batch}'] = throughput(model, res, channels, batch, min_time)
     row[downsample] = entry
   return row
 
@@ -161,8 +161,9 @@ def main(argv=None):
                       help='config modules in configs/, optionally with ":<arg>" (e.g. spectral_ffhq:teacher)')
   parser.add_argument('--batch', type=int, default=16, help='the larger batch for throughput')
   parser.add_argument('--skip_throughput', action='store_true', help='MACs and parameters only')
-  parser.add_argument('--max_throughput_gmacs', type=float, default=5.0,
+  parser.add_argument('--max_throughput_gmacs', type=float, default=6.0,
                       help='measure throughput only for models below this many GMACs per example-step')
+  parser.add_argument('--min_time', type=float, default=2.0, help='seconds of timed calls per measurement')
   parser.add_argument('--out', default='', help='also write the rows as JSON here')
   args = parser.parse_args(argv)
   if args.batch < 1:
@@ -171,7 +172,7 @@ def main(argv=None):
   rows = []
   for spec in args.configs:
     rows.append(measure(spec, batch=args.batch, skip_throughput=args.skip_throughput,
-                        max_throughput_gmacs=args.max_throughput_gmacs))
+                        max_throughput_gmacs=args.max_throughput_gmacs, min_time=args.min_time))
     print(f'measured {spec}', flush=True)
   print(f'\nbackend: {jax.default_backend()} ({jax.device_count()} device(s)); throughput after warm-up')
   print(format_table(rows, args.batch))

@@ -210,3 +210,16 @@ def test_text_conditioning_takes_embeddings():
   assert out.shape == (2, 8, 8, 4)
   with pytest.raises(ValueError, match='context_dim=12'):
     jax.eval_shape(lambda p: model.apply({'params': p}, z, logsnr, jnp.zeros((2, 77, 13))), params)
+
+
+def test_cost_script_counts_macs_from_xla():
+  from experiments import spectral_cost
+  rows = spectral_cost.main(['--configs', 'spectral_fmnist_student', '--skip_throughput'])
+  w, p = rows[0]['wavelet'], rows[0]['plain']
+  # WG-Down/WG-Up replace 3x3 convolutions by Haar sums and 1x1 convs: fewer MACs and parameters.
+  assert 0.005 < w['gmacs'] < p['gmacs'] < 0.05 and w['params_m'] < p['params_m']
+  assert 'steps_per_s_b1' not in w
+  # A single 1x1 conv: XLA's flops / 2 is exactly H W C_in C_out multiply-adds.
+  f = jax.jit(lambda x, k: jnp.einsum('bhwc,cd->bhwd', x, k)).lower(
+      jax.ShapeDtypeStruct((1, 8, 8, 3), jnp.float32), jax.ShapeDtypeStruct((3, 5), jnp.float32)).compile()
+  assert spectral_cost.flops_of(f) / 2 == 8 * 8 * 3 * 5
