@@ -1,5 +1,5 @@
 """The slim WG-UNet student with spectrum-aware distillation (SPEC §13) from the Fashion-MNIST teacher:
-L = L_diffusion + 0.1 L_spatial + 0.1 L_freq at `output` and `feat-up1` (Π: 16 -> 24 channels there).
+L = L_diffusion + 0.1 L_spatial + 0.1 L_freq at `output` and `feat-up1` (Π: 16 -> 20 channels there).
 
   python -m experiments.train --config configs/spectral_fmnist_teacher.py --workdir runs/sd_fmnist_teacher
   python -m experiments.train --config configs/spectral_fmnist_distill.py --workdir runs/sd_fmnist_distill \
