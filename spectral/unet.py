@@ -28,6 +28,7 @@ import jax.numpy as jnp
 
 from sid2 import schedules
 from sid2.models import layers as sid2_layers
+from sid2.models import uvit as uvit_lib
 from spectral import layers
 
 DTYPES = ('float32', 'bfloat16', 'float16')
@@ -62,12 +63,6 @@ UNET_DEFAULTS = dict(
 )
 
 
-def _as_dict(model_config):
-  if hasattr(model_config, 'to_dict'):
-    return model_config.to_dict()
-  return dict(model_config)
-
-
 def _int_tuple(name, value, minimum):
   """A list/tuple of ints >= minimum as a tuple, else ValueError naming the field."""
   if isinstance(value, (str, bytes)) or not hasattr(value, '__len__'):
@@ -94,7 +89,7 @@ def resolve_unet_config(model_config):
   'unet' is the plain UNet: its `downsample` defaults to, and must be, 'plain'. Raises ValueError for
   unknown fields and bad values, naming the field and the allowed values.
   """
-  cfg = _as_dict(model_config)
+  cfg = uvit_lib._as_dict(model_config)
   name = cfg.pop('name', 'wg_unet')
   if name not in MODEL_NAMES:
     raise ValueError(f'model.name must be one of {MODEL_NAMES} for the spectral UNet, got {name!r}')
