@@ -183,9 +183,16 @@ class InMemoryDataset:
   """Batches of an in-memory array; `next_batch(step)` is pure in step (see the module docstring)."""
 
   def __init__(self, images: np.ndarray, labels: np.ndarray, *, num_classes: int, num_channels: int,
-               transform, global_batch_size: int, seed: int, process_index: int, process_count: int):
+               transform, global_batch_size: int, seed: int, process_index: int, process_count: int,
+               extras: Optional[dict] = None):
     self._images = images
     self._labels = labels
+    # Per-example arrays batched alongside (e.g. text embeddings [N, S, D] as batch['text']).
+    self._extras = dict(extras or {})
+    for key, value in self._extras.items():
+      if key in ('image', 'label') or value.shape[:1] != images.shape[:1]:
+        raise ValueError(f'extra dataset array {key!r} must be named other than image/label and have '
+                         f'{images.shape[0]} rows; got shape {value.shape}')
     self._transform = transform
     self.num_classes = num_classes
     self.num_channels = num_channels
@@ -221,10 +228,12 @@ class InMemoryDataset:
     return out
 
   def next_batch(self, step: int) -> dict:
-    """The batch for global step `step`: image float32 [b, H, W, C] in [-1, 1], label int32 [b]."""
+    """The batch for global step `step`: image float32 [b, H, W, C] in [-1, 1], label int32 [b] (+ extras)."""
     idx = self.example_indices(step)
     self._next_step = int(step) + 1
-    return dict(image=self._transform(self._images[idx]), label=self._labels[idx].astype(np.int32))
+    batch = dict(image=self._transform(self._images[idx]), label=self._labels[idx].astype(np.int32))
+    batch.update({k: np.asarray(v[idx], np.float32) for k, v in self._extras.items()})
+    return batch
 
   def get_state(self) -> dict:
     """Checkpoint position {'step': next step, 'seed', 'global_batch_size'}: ints, same on all hosts."""

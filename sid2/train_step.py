@@ -149,7 +149,10 @@ def make_loss_fn(apply_fn, schedule, loss_fn, parametrization, step_cfg: StepCon
     logsnr = schedule(t)
     z = param_lib.diffuse(x, eps, logsnr)
     labels = None
-    if step_cfg.num_classes > 0:
+    if 'text' in batch:  # Text embeddings [B, S, D]: the model swaps dropped rows for its null context.
+      keep = jax.random.uniform(rng_drop, (x.shape[0],)) >= step_cfg.cond_drop_prob
+      labels = dict(text=batch['text'], keep=keep)
+    elif step_cfg.num_classes > 0:
       labels = drop_labels(rng_drop, batch['label'], step_cfg.num_classes, step_cfg.cond_drop_prob)
     out = apply_fn(params, z, logsnr, labels, True, rng_model)
     features = None

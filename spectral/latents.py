@@ -5,14 +5,19 @@ Tables 2-3: f=4 VQ 64x64x3, f=8 KL 32x32x4).
 data_dir is empty) and holds, for a split (`dataset.split`, default 'train'), either
   <split>.npy                [N, h, w, c] float16/float32 latents (read with allow_pickle=False, memory-mapped),
   <split>_labels.npy         optional [N] integer class labels,
+  <split>_text.npy           optional [N, S, D] float text embeddings (e.g. CLIP ViT-L/14, [N, 77, 768]),
 or
-  <split>.safetensors        tensors 'latents' [N, h, w, c] and optionally 'labels' [N],
+  <split>.safetensors        tensors 'latents' [N, h, w, c] and optionally 'labels' [N], 'text' [N, S, D],
 and optionally `latents.json` = {"scale_factor": s, "shift": m}: the model sees (latent - m) * s (LDM scales
 its KL-f8 latents by 0.18215; the VQ-f4 latents are used as they are: s = 1, m = 0).
 
 Batches come from sid2.data's in-memory dataset, so the order is a pure function of (seed, step, process)
 and the checkpointed position is the step. The batch is {'image': float32 [b, h, w, c], 'label': int32 [b]}
-(labels 0 without a labels file).
+(labels 0 without a labels file) plus 'text': float32 [b, S, D] when text embeddings are present; the train
+step then conditions on batch['text'] (a model with conditioning='text'), dropping rows to the null context
+with probability cond_drop_prob. Decoding latent samples back to pixels needs the autoencoder's decoder, which
+is not part of this repository: `experiments.sample --format npz` writes the raw latents (divide by
+scale_factor and add shift before decoding).
 """
 from __future__ import annotations
 
@@ -65,7 +70,7 @@ def _load_npy(path, mmap_mode=None):
 
 
 def load_latents(directory, split='train'):
-  """(latents [N, h, w, c], labels int32 [N] or None) of `split` in `directory` (see the module docstring)."""
+  """(latents [N, h, w, c], labels int32 [N] or None, text [N, S, D] or None) of `split` in `directory`."""
   if not os.path.isdir(directory):
     raise FileNotFoundError(f'latents folder {directory} does not exist (dataset.name / dataset.data_dir)')
   npy = os.path.join(directory, f'{split}.npy')
@@ -74,15 +79,17 @@ def load_latents(directory, split='train'):
     latents = _load_npy(npy, mmap_mode='r')
     label_path = os.path.join(directory, f'{split}_labels.npy')
     labels = _load_npy(label_path) if os.path.exists(label_path) else None
+    text_path = os.path.join(directory, f'{split}_text.npy')
+    text = _load_npy(text_path, mmap_mode='r') if os.path.exists(text_path) else None
   elif os.path.exists(st):
     from safetensors.numpy import load_file  # pylint: disable=g-import-not-at-top
     tensors = load_file(st)
     if 'latents' not in tensors:
       raise ValueError(f"{st} must hold a tensor named 'latents'; it holds {sorted(tensors)}")
-    unknown = sorted(set(tensors) - {'latents', 'labels'})
+    unknown = sorted(set(tensors) - {'latents', 'labels', 'text'})
     if unknown:
-      raise ValueError(f"{st}: unknown tensor(s) {unknown}; allowed: 'latents', 'labels'")
-    latents, labels = tensors['latents'], tensors.get('labels')
+      raise ValueError(f"{st}: unknown tensor(s) {unknown}; allowed: 'latents', 'labels', 'text'")
+    latents, labels, text = tensors['latents'], tensors.get('labels'), tensors.get('text')
   else:
     raise FileNotFoundError(f'no {split}.npy or {split}.safetensors in {directory} (dataset.split={split!r})')
   if latents.ndim != 4 or not np.issubdtype(latents.dtype, np.floating):
@@ -93,7 +100,11 @@ def load_latents(directory, split='train'):
       raise ValueError(f'labels of {directory}/{split} must be integers [{latents.shape[0]}]; got '
                        f'{labels.dtype} {labels.shape}')
     labels = labels.astype(np.int32)
-  return latents, labels
+  if text is not None and (text.ndim != 3 or text.shape[0] != latents.shape[0] or
+                           not np.issubdtype(text.dtype, np.floating)):
+    raise ValueError(f'text embeddings of {directory}/{split} must be floating [{latents.shape[0]}, S, D]; got '
+                     f'{text.dtype} {text.shape}')
+  return latents, labels, text
 
 
 def _process_layout(global_batch_size, process_index, process_count):
@@ -121,7 +132,7 @@ def get_latents_dataset(dataset_config, *, image_res, global_batch_size, seed, p
   """
   directory = latents_dir(dataset_config)
   split = dataset_config.get('split', 'train') or 'train'
-  latents, labels = load_latents(directory, split)
+  latents, labels, text = load_latents(directory, split)
   n, h, w, c = latents.shape
   if h != image_res or w != image_res:
     raise ValueError(f'image_res={image_res} must equal the latents\' size {h}x{w} ({directory}/{split})')
@@ -145,7 +156,8 @@ def get_latents_dataset(dataset_config, *, image_res, global_batch_size, seed, p
   process_index, process_count = _process_layout(global_batch_size, process_index, process_count)
   return data_lib.InMemoryDataset(latents, labels, num_classes=num_classes, num_channels=c,
                                   transform=transform, global_batch_size=global_batch_size, seed=int(seed),
-                                  process_index=process_index, process_count=process_count)
+                                  process_index=process_index, process_count=process_count,
+                                  extras=None if text is None else dict(text=text))
 
 
 def register():

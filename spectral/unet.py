@@ -208,8 +208,9 @@ class UNet(nn.Module):
       width C_in / gate_reduction.
     conditioning: 'none'; 'class' (labels [B] int in [0, num_classes), null class = num_classes, embedded
       by nn.Embed(num_classes + 1, context_dim) as a 1-token sequence; labels=None = all null); 'text'
-      (labels = embeddings [B, S, context_dim], e.g. CLIP [B, 77, 768]; None = a learned 1-token null
-      context). The context enters every attention stage through cross-attention (Tables 6-7).
+      (labels = embeddings [B, S, context_dim], e.g. CLIP [B, 77, 768], or {'text': embeddings, 'keep':
+      bool [B]} where keep=False rows get the null context (the train step's guidance dropout, fed from
+      batch['text']); None = a learned 1-token null context). The context enters every attention stage through cross-attention (Tables 6-7).
     time_embedding: 'logsnr' or 'ddpm_timestep' (see `time_features`); emb_channels: its width (0: 4 c_1).
     dropout: in every ResBlock. proj_taps, proj_channels: the student's 1x1 projections Pi_i (SPEC §13).
     attention: 'xla' | 'cudnn' | 'auto' | 'naive'. dtype / param_dtype: compute / parameter dtype names.
@@ -252,15 +253,28 @@ class UNet(nn.Module):
         labels = jnp.full((batch,), f['num_classes'], jnp.int32)
       labels = jnp.broadcast_to(jnp.asarray(labels, jnp.int32), (batch,))
       return nn.Embed(f['num_classes'] + 1, f['context_dim'], name='class_embed', **kw)(labels)[:, None]
+    null = self.param('null_context', nn.initializers.normal(0.02), (1, 1, f['context_dim']),
+                      kw['param_dtype']).astype(kw['dtype'])
     if labels is None:
-      null = self.param('null_context', nn.initializers.normal(0.02), (1, 1, f['context_dim']),
-                        kw['param_dtype'])
-      return jnp.broadcast_to(null, (batch, 1, f['context_dim'])).astype(kw['dtype'])
+      return jnp.broadcast_to(null, (batch, 1, f['context_dim']))
+    keep = None
+    if isinstance(labels, dict):
+      unknown = sorted(set(labels) - {'text', 'keep'})
+      if unknown or 'text' not in labels:
+        raise ValueError("model.conditioning='text' takes labels = embeddings [B, S, context_dim] or a dict "
+                         f"{{'text': embeddings, 'keep': bool [B]}}; got keys {sorted(labels)}")
+      labels, keep = labels['text'], labels.get('keep')
     labels = jnp.asarray(labels)
     if labels.ndim != 3 or labels.shape[0] != batch or labels.shape[2] != f['context_dim']:
       raise ValueError(f"model.conditioning='text' takes labels = embeddings [B={batch}, S, "
                        f"context_dim={f['context_dim']}], got shape {labels.shape}")
-    return labels.astype(kw['dtype'])
+    text = labels.astype(kw['dtype'])
+    if keep is None:
+      return text
+    # Dropped examples attend to the null token repeated S times: attention over S identical keys/values
+    # equals attention over one, so this is the unconditional branch (classifier-free guidance training).
+    keep = jnp.broadcast_to(jnp.asarray(keep, bool), (batch,))
+    return jnp.where(keep[:, None, None], text, jnp.broadcast_to(null, text.shape))
 
   @nn.compact
   def __call__(self, z, logsnr, labels: Optional[Any] = None, train: bool = False,

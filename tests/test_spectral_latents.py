@@ -82,3 +82,34 @@ def test_errors_name_the_problem(tmp_path):
   np.save(tmp_path / 'lat' / 'train.npy', np.array([{'a': 1}], dtype=object), allow_pickle=True)
   with pytest.raises(ValueError, match='pickle'):
     make(dataset_config(tmp_path))
+
+
+def test_text_embeddings_feed_a_text_conditioned_model(tmp_path):
+  """<split>_text.npy arrives as batch['text'] and a text-conditioned WG-UNet trains on it end to end."""
+  from sid2 import trainer
+  from tests import train_utils
+  x = write_npy(tmp_path / 'lat', n=12, res=8, ch=4, labels=False)
+  text = np.random.default_rng(1).standard_normal((12, 5, 6)).astype(np.float32)
+  np.save(tmp_path / 'lat' / 'train_text.npy', text)
+  ds = make(dataset_config(tmp_path), res=8)
+  b = ds.next_batch(0)
+  assert b['text'].shape == (4, 5, 6) and b['text'].dtype == np.float32
+  stored = {x[i].astype(np.float32).tobytes(): i for i in range(12)}
+  for image, t in zip(b['image'], b['text']):
+    np.testing.assert_array_equal(t, text[stored[image.tobytes()]])
+  np.save(tmp_path / 'lat' / 'train_text.npy', text[:5])
+  with pytest.raises(ValueError, match='text embeddings'):
+    make(dataset_config(tmp_path), res=8)
+  np.save(tmp_path / 'lat' / 'train_text.npy', text)
+
+  config = train_utils.tiny_config()
+  config.image_res = 8
+  config.num_channels = 4
+  config.dataset = dataset_config(tmp_path)
+  config.model = ml_collections.ConfigDict(dict(name='wg_unet', channels=(8, 8), blocks=(1, 1), heads=(0, 2),
+                                                mid_heads=2, conditioning='text', context_dim=6))
+  config.total_steps = 2
+  config.sampler.num_samples = 0
+  config.checkpoint_every = 2
+  trainer.train_and_evaluate(config, str(tmp_path / 'work'))
+  assert os.path.isdir(tmp_path / 'work' / 'checkpoints')

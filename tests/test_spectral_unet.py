@@ -223,3 +223,22 @@ def test_cost_script_counts_macs_from_xla():
   f = jax.jit(lambda x, k: jnp.einsum('bhwc,cd->bhwd', x, k)).lower(
       jax.ShapeDtypeStruct((1, 8, 8, 3), jnp.float32), jax.ShapeDtypeStruct((3, 5), jnp.float32)).compile()
   assert spectral_cost.flops_of(f) / 2 == 8 * 8 * 3 * 5
+
+
+def test_text_keep_mask_is_the_null_context():
+  """keep=False rows attend to the null token repeated S times, which equals the 1-token null context."""
+  cfg = ml_collections.ConfigDict(dict(name='wg_unet', channels=(8, 16), blocks=(1, 1), heads=(0, 2),
+                                       mid_heads=2, conditioning='text', context_dim=12))
+  model = models.get_model(cfg, image_res=8, num_channels=4)
+  z = jax.random.normal(jax.random.PRNGKey(1), (2, 8, 8, 4))
+  logsnr = jnp.array([-2., 3.])
+  text = jax.random.normal(jax.random.PRNGKey(2), (2, 7, 12))
+  params = random_params(model, z, logsnr, None, seed=3)
+  run = jax.jit(lambda labels: model.apply({'params': params}, z, logsnr, labels))
+  out_text, out_null = run(text), run(None)
+  out_mixed = run(dict(text=text, keep=jnp.array([True, False])))
+  np.testing.assert_allclose(out_mixed[0], out_text[0], atol=1e-5)
+  np.testing.assert_allclose(out_mixed[1], out_null[1], atol=1e-5)
+  assert float(jnp.abs(out_text[1] - out_null[1]).max()) > 1e-4  # the text does change the output
+  with pytest.raises(ValueError, match="'keep'"):
+    run(dict(txt=text))
