@@ -1,13 +1,25 @@
-"""Training throughput benchmark: images/s, achieved FLOP/s vs a measured matmul peak, compile time, RSS.
+"""Training throughput benchmark: images/s, achieved FLOP/s vs a measured matmul peak, compile time, RSS;
+plus the sampler's model evaluations/s and network-time fraction (`experiments.benchmark_sampler`).
 
-  python -m experiments.benchmark [--models default,large] [--steps 10] [--out runs/benchmark.json]
+  python -m experiments.benchmark [--models default,large] [--steps 10] [--json PATH] \
+      [--sampler_model default] [--sampler_samples 8] [--sampler_steps 16]
 
 FLOPs follow SiD2 B.3 (a multiply-add = 1 flop, a training step = 3x forward; `sid2.flops.uvit_gflops`). The
 peak is the best of several jitted float32 matmuls on the same machine in the same run, counted the same way
-(n^3 multiply-adds for an n x n by n x n product), so the ratio is unit-consistent.
+(n^3 multiply-adds for an n x n by n x n product), so the ratio is unit-consistent. (Vendor peaks such as a
+TPU v5e's 197 TFLOP/s count 2 flops per multiply-add: halve them to compare.)
+
+Models: `default` (configs/fashion_mnist.py), `large` (a transformer-dominated 32x32x3 U-ViT), or a SiD2
+ImageNet paper config by file name, e.g. `imagenet128_small` (~1B parameters: for accelerators, with
+--batch_size). Peak RSS is the process's high-water mark after each model (so it only grows).
+
+One JSON per run (--json, default runs/benchmarks/train_<time>.json) with the machine, the matmul peak, per
+model images/s, achieved FLOP/s, fraction of peak, compile time and peak RSS, and the sampler measurement.
 """
+import importlib
 import json
 import os
+import platform
 import resource
 import time
 
@@ -15,14 +27,38 @@ from absl import app
 from absl import flags
 
 FLAGS = flags.FLAGS
-flags.DEFINE_list('models', ['default', 'large'], 'Which models to time: default, large.')
-flags.DEFINE_integer('steps', 10, 'Timed train steps per model (after one warm-up step).')
-flags.DEFINE_integer('batch_size', 0, 'Override the per-model batch size (0: keep).')
-flags.DEFINE_string('out', '', 'Write the results as JSON here.')
+
+
+def define_flags():
+  """Command-line flags (defined only when run as a program, so other modules can import this one)."""
+  flags.DEFINE_list('models', ['default', 'large'], 'Which models to time: default, large, or a paper config '
+                    'name such as imagenet128_small.')
+  flags.DEFINE_integer('steps', 10, 'Timed train steps per model (after one warm-up step).')
+  flags.DEFINE_integer('batch_size', 0, 'Override the per-model batch size (0: keep).')
+  flags.DEFINE_string('json', '', 'Write the results as JSON here (default runs/benchmarks/train_<time>.json).')
+  flags.DEFINE_alias('out', 'json')
+  flags.DEFINE_string('sampler_model', 'default', 'Model (as in --models) whose sampler to time; empty: skip.')
+  flags.DEFINE_integer('sampler_samples', 8, 'Images per sampler call.')
+  flags.DEFINE_integer('sampler_steps', 16, 'Sampler steps.')
+  flags.DEFINE_integer('sampler_repeats', 3, 'Timed sampler rounds (medians).')
+
+
+FLOP_CONVENTION = 'multiply-add = 1 flop (SiD2 B.3); train step = 3 x forward'
 
 
 def peak_rss_mb():
   return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def machine_info():
+  """Host and accelerator description for the JSON."""
+  import jax
+  dev = jax.devices()[0]
+  return dict(hostname=platform.node(), platform=platform.platform(), python=platform.python_version(),
+              cpu_count=os.cpu_count(), load_average=list(os.getloadavg()), jax_version=jax.__version__,
+              backend=jax.default_backend(), device=str(dev), device_kind=dev.device_kind,
+              device_count=jax.device_count(), process_count=jax.process_count(),
+              xla_flags=os.environ.get('XLA_FLAGS', ''))
 
 
 def matmul_peak(sizes=(1024, 2048, 3072), repeats=5):
@@ -57,13 +93,24 @@ def model_configs():
   return {'default': (default, 1), 'large': (large, 3)}
 
 
-def bench_model(name, config, num_channels, steps):
+def get_model_config(name):
+  """(config, num_channels) of a --models entry: a built-in name or a configs/imagenet*.py file name."""
+  configs = model_configs()
+  if name in configs:
+    return configs[name]
+  if name.startswith('imagenet') and os.path.exists(os.path.join('configs', name + '.py')):
+    return importlib.import_module(f'configs.{name}').get_config(), 3
+  raise ValueError(f'--models: unknown model {name!r}; allowed: {sorted(configs)} or a configs/imagenet*.py '
+                   'file name (e.g. imagenet128_small)')
+
+
+def bench_model(name, config, num_channels, steps, batch_size=0):
+  """Times `steps` jitted train steps of `config`'s model on random data (batch_size > 0 overrides)."""
   import jax
-  import jax.numpy as jnp
   import numpy as np
   from sid2 import flops, losses, schedules, trainer, train_step as ts
-  if FLAGS.batch_size:
-    config.batch_size = FLAGS.batch_size
+  if batch_size:
+    config.batch_size = batch_size
   mesh = ts.make_mesh()
   model = trainer.build_model(config, num_channels)
   schedule = schedules.get_schedule(config.schedule, image_res=config.image_res)
@@ -78,7 +125,8 @@ def bench_model(name, config, num_channels, steps):
   rng = np.random.default_rng(0)
   res, b = config.image_res, config.batch_size
   batch = ts.global_batch(dict(image=rng.uniform(-1, 1, (b, res, res, num_channels)).astype(np.float32),
-                               label=rng.integers(0, 10, (b,)).astype(np.int32)), mesh)
+                               label=rng.integers(0, max(config.model.num_classes, 1), (b,)).astype(np.int32)),
+                          mesh)
   t = time.perf_counter()
   compiled = step.lower(state, batch, None).compile()
   compile_s = time.perf_counter() - t
@@ -92,39 +140,65 @@ def bench_model(name, config, num_channels, steps):
   fwd_gflops = flops.uvit_gflops(config.model, res, num_channels=num_channels)
   return dict(model=name, batch_size=b, image_res=res, num_channels=num_channels,
               params_m=sum(x.size for x in jax.tree.leaves(params)) / 1e6,
-              forward_gflops_per_image=fwd_gflops, step_s=dt, images_per_s=b / dt,
-              achieved_gflops_per_s=flops.train_gflops(fwd_gflops) * b / dt, compile_s=compile_s,
-              loss=float(m['loss']))
+              forward_gflops_per_image=fwd_gflops, train_gflops_per_image=flops.train_gflops(fwd_gflops),
+              step_s=dt, images_per_s=b / dt, achieved_gflops_per_s=flops.train_gflops(fwd_gflops) * b / dt,
+              compile_s=compile_s, steps=steps, loss=float(m['loss']))
+
+
+def bench_sampler(name, num_samples, num_steps, repeats):
+  """`experiments.benchmark_sampler.benchmark` on a --models entry's config (random parameters)."""
+  from experiments import benchmark_sampler
+  config, num_channels = get_model_config(name)
+  result = benchmark_sampler.benchmark(config, num_samples, num_steps, num_channels, repeats)
+  result.pop('runs', None)  # Per-round times; the medians and fractions stay.
+  return dict(result, model_name=name)
+
+
+def run(models, steps, sampler_model, sampler_samples, sampler_steps, sampler_repeats, batch_size=0,
+        log=print):
+  """All measurements of the module docstring; returns the JSON-able dict."""
+  results = dict(machine=machine_info(), flop_convention=FLOP_CONVENTION,
+                 time=time.strftime('%Y-%m-%dT%H:%M:%S'))
+  configs = [(name,) + get_model_config(name) for name in models]  # Fail on a bad name before any timing.
+  if sampler_model:
+    get_model_config(sampler_model)
+  peak = matmul_peak()
+  results['matmul_peak_gflops_per_s'] = peak / 1e9
+  m = results['machine']
+  log(f'f32 matmul peak: {peak / 1e9:.1f} G multiply-adds/s on {m["device"]} x{m["device_count"]} '
+      f'({m["cpu_count"]} CPUs, load average {m["load_average"][0]:.1f})')
+  results['models'] = []
+  for name, cfg, ch in configs:
+    r = bench_model(name, cfg, ch, steps, batch_size)
+    r['fraction_of_matmul_peak'] = r['achieved_gflops_per_s'] * 1e9 / peak
+    r['peak_rss_mb'] = peak_rss_mb()
+    results['models'].append(r)
+    log(f"{name:8s} params {r['params_m']:.2f}M  batch {r['batch_size']}  {r['images_per_s']:.1f} img/s  "
+        f"{r['step_s'] * 1e3:.0f} ms/step  {r['achieved_gflops_per_s']:.1f} GFLOP/s "
+        f"({100 * r['fraction_of_matmul_peak']:.0f}% of matmul peak)  compile {r['compile_s']:.1f}s  "
+        f"peak RSS {r['peak_rss_mb']:.0f} MB")
+  if sampler_model:
+    s = bench_sampler(sampler_model, sampler_samples, sampler_steps, sampler_repeats)
+    s['peak_rss_mb'] = peak_rss_mb()
+    results['sampler'] = s
+  return results
 
 
 def main(argv):
   del argv
-  import jax
-  results = dict(device=str(jax.devices()[0]), device_count=jax.device_count())
-  peak = matmul_peak()
-  results['matmul_peak_gflops_per_s'] = peak / 1e9
-  print(f'f32 matmul peak: {peak / 1e9:.1f} G multiply-adds/s on {results["device"]} '
-        f'x{results["device_count"]}')
-  configs = model_configs()
-  results['models'] = []
-  for name in FLAGS.models:
-    if name not in configs:
-      raise ValueError(f'--models: unknown model {name!r}; allowed: {sorted(configs)}')
-    cfg, ch = configs[name]
-    r = bench_model(name, cfg, ch, FLAGS.steps)
-    r['fraction_of_matmul_peak'] = r['achieved_gflops_per_s'] * 1e9 / peak
-    r['peak_rss_mb'] = peak_rss_mb()
-    results['models'].append(r)
-    print(f"{name:8s} params {r['params_m']:.2f}M  batch {r['batch_size']}  {r['images_per_s']:.1f} img/s  "
-          f"{r['step_s'] * 1e3:.0f} ms/step  {r['achieved_gflops_per_s']:.1f} GFLOP/s "
-          f"({100 * r['fraction_of_matmul_peak']:.0f}% of matmul peak)  compile {r['compile_s']:.1f}s  "
-          f"peak RSS {r['peak_rss_mb']:.0f} MB")
+  for name in ('steps', 'sampler_samples', 'sampler_steps', 'sampler_repeats'):
+    if FLAGS[name].value < 1:
+      raise ValueError(f'--{name} must be a positive integer; got {FLAGS[name].value}')
+  results = run(FLAGS.models, FLAGS.steps, FLAGS.sampler_model, FLAGS.sampler_samples, FLAGS.sampler_steps,
+                FLAGS.sampler_repeats, FLAGS.batch_size)
   print(json.dumps(results, indent=1))
-  if FLAGS.out:
-    os.makedirs(os.path.dirname(os.path.abspath(FLAGS.out)), exist_ok=True)
-    with open(FLAGS.out, 'w') as f:
-      json.dump(results, f, indent=1)
+  path = FLAGS.json or os.path.join('runs', 'benchmarks', f'train_{time.strftime("%Y%m%d_%H%M%S")}.json')
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  with open(path, 'w') as f:
+    json.dump(results, f, indent=1)
+  print('wrote', path)
 
 
 if __name__ == '__main__':
+  define_flags()
   app.run(main)
