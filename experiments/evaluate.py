@@ -11,6 +11,11 @@ the Fashion-MNIST test split (at most 10000), both passed through `sid2.eval.fea
 Prints the numbers, writes `<workdir>/eval/fd_<step>.json` (seeds, EMA, sampler settings, sample count,
 feature-net sha256) and TensorBoard scalars `eval/fd`, `eval/precision`, `eval/recall` at the checkpoint step.
 
+With --inception_weights PATH (the standard FID network, pytorch-fid's pt_inception-2015-12-05-6726825d.pth
+or a file converted from it by `python -m sid2.eval.inception`; never downloaded, sha256-checked before any
+sampling, --inception_sha256 to assert a different file) the result also holds `fid_inception`, the FID of
+the same samples in the 2048-d pool3 space of `sid2.eval.inception`, and the file's sha256.
+
 Only 32x32x1 (Fashion-MNIST-like) runs are supported: the feature net was trained on that data. FD values
 are comparable only between runs with the same feature net (sha256), the same sample count and the same
 real set; FD is biased upwards at small N (see the reference values in the feature net's JSON sidecar).
@@ -31,6 +36,7 @@ from sid2 import data
 from sid2 import restore
 from sid2.eval import fd
 from sid2.eval import features as features_lib
+from sid2.eval import inception as inception_lib
 
 REAL_SPLIT = 'test'
 MAX_REAL = 10_000
@@ -53,6 +59,10 @@ def define_flags(fv: flags.FlagValues):
   flags.DEFINE_integer('seed', 0, 'Sampling seed.', **d)
   flags.DEFINE_bool('precision_recall', True, 'Also compute k-NN precision/recall (k = 3).', **d)
   flags.DEFINE_string('features', features_lib.DEFAULT_WEIGHTS, 'Feature-net safetensors file.', **d)
+  flags.DEFINE_string('inception_weights', None, 'Inception-v3 FID weight file (.pth, or .safetensors/.npz '
+                      'from `python -m sid2.eval.inception`): also report fid_inception.', **d)
+  flags.DEFINE_string('inception_sha256', None, 'Assert this sha256 for --inception_weights instead of the '
+                      'standard file\'s.', **d)
   flags.DEFINE_bool('save_samples', False, 'Also write the samples to <workdir>/eval/samples_<step>.npz.', **d)
 
 
@@ -76,8 +86,10 @@ def real_images(config, num: int) -> np.ndarray:
 
 
 def evaluate(raw: dict, *, compute_pr: bool = True, features_path: str = features_lib.DEFAULT_WEIGHTS,
-             save_samples: bool = False, log=print) -> dict:
-  """Samples, computes FD (+ precision/recall), writes JSON and TensorBoard; returns the result dict."""
+             save_samples: bool = False, inception_weights: Optional[str] = None,
+             inception_sha256: Optional[str] = None, log=print) -> dict:
+  """Samples, computes FD (+ precision/recall, + Inception FID with `inception_weights`), writes JSON and
+  TensorBoard; returns the result dict."""
   workdir = raw['workdir']
   if not workdir:
     raise ValueError('workdir is required')
@@ -87,6 +99,11 @@ def evaluate(raw: dict, *, compute_pr: bool = True, features_path: str = feature
   if isinstance(num, bool) or not isinstance(num, int) or not 2 <= num <= MAX_REAL:
     raise ValueError(f'num_samples must be an integer in [2, {MAX_REAL}] (the Fashion-MNIST test split holds '
                      f'{MAX_REAL} real images); got {num!r}')
+  if inception_sha256 and not inception_weights:
+    raise ValueError('inception_sha256 needs inception_weights')
+  inception = None
+  if inception_weights:  # sha256 checked before any sampling
+    inception = inception_lib.load_inception_weights(inception_weights, inception_sha256 or None)
   sample_lib.ensure_model_registered(config)
   raw = dict(raw, out=os.path.join(os.path.abspath(workdir), 'eval', 'samples.npz'))
   settings = sample_lib.resolve_settings(raw, config)
@@ -98,11 +115,19 @@ def evaluate(raw: dict, *, compute_pr: bool = True, features_path: str = feature
   sample_seconds = time.time() - t0
   features_lib.check_images(images)
   t1 = time.time()
+  reals = real_images(config, num)
   fake = features_lib.batched_features(feature_fn, images)
-  real = features_lib.batched_features(feature_fn, real_images(config, num))
+  real = features_lib.batched_features(feature_fn, reals)
   result = dict(fd=fd.frechet_distance_features(real, fake))
   if compute_pr:
     result['precision'], result['recall'] = fd.precision_recall(real, fake, k=3)
+  inception_net = None
+  if inception is not None:
+    params, inception_net = inception
+    result['fid_inception'] = fd.frechet_distance_features(
+        inception_lib.batched_inception_features(params, reals),
+        inception_lib.batched_inception_features(params, images))
+    inception_net = dict(inception_net, preprocess='tf', feature_dim=inception_lib.FEATURE_DIM)
   metric_seconds = time.time() - t1
 
   step = record['step']
@@ -112,6 +137,7 @@ def evaluate(raw: dict, *, compute_pr: bool = True, features_path: str = feature
       result, step=step, num_samples=num, real_images=f'fashion_mnist {REAL_SPLIT} split, first {num}',
       params='ema', feature_net=dict(path=os.path.abspath(features_path), sha256=feature_sha,
                                      feature_dim=int(real.shape[1])),
+      inception_net=inception_net,
       precision_recall_k=3 if compute_pr else None,
       labels=None if labels_list is None else 'round-robin 0..C-1' if labels_list == restore.default_labels(
           config, num) else labels_list,
@@ -148,7 +174,8 @@ def main(argv, flag_values: Optional[flags.FlagValues] = None):
   raw = {n: fv[n].value for n in names}
   raw.update(labels=None, class_label=None)
   logging.info('evaluate flags: %s', raw)
-  return evaluate(raw, compute_pr=fv.precision_recall, features_path=fv.features, save_samples=fv.save_samples)
+  return evaluate(raw, compute_pr=fv.precision_recall, features_path=fv.features, save_samples=fv.save_samples,
+                  inception_weights=fv.inception_weights, inception_sha256=fv.inception_sha256)
 
 
 if __name__ == '__main__':

@@ -68,8 +68,25 @@ def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
 
 
 def frechet_distance_features(features1, features2) -> float:
-  """FD between the Gaussian fits (`feature_stats`) of two feature sets [N1, D], [N2, D]."""
-  return frechet_distance(*feature_stats(features1), *feature_stats(features2))
+  """FD between the Gaussian fits (`feature_stats`) of two feature sets [N1, D], [N2, D].
+
+  With fewer samples than dimensions (max(N1, N2) < D, e.g. a quick 2048-d Inception FID) the D x D
+  eigendecompositions are avoided: with Σ1 = A Aᵀ, Σ2 = B Bᵀ (A = X1cᵀ / sqrt(N1 − 1) [D, N1], X1c
+  centred), Σ1 Σ2 has the nonzero eigenvalues of (AᵀB)(AᵀB)ᵀ, so tr((Σ1 Σ2)^{1/2}) is the sum of the
+  singular values of AᵀB [N1, N2], and tr Σ = ‖A‖²_F. Same value as `frechet_distance` up to round-off.
+  """
+  x1, x2 = _as_features(features1, 'features1'), _as_features(features2, 'features2')
+  if x1.shape[1] != x2.shape[1]:
+    raise ValueError(f'features1 and features2 must have the same D; got {x1.shape[1]} and {x2.shape[1]}')
+  if max(x1.shape[0], x2.shape[0]) >= x1.shape[1]:
+    return frechet_distance(*feature_stats(x1), *feature_stats(x2))
+  mu1, mu2 = x1.mean(axis=0), x2.mean(axis=0)
+  a = (x1 - mu1) / np.sqrt(x1.shape[0] - 1)
+  b = (x2 - mu2) / np.sqrt(x2.shape[0] - 1)
+  diff = mu1 - mu2
+  nuclear = float(np.sum(np.linalg.svd(a @ b.T, compute_uv=False)))
+  value = diff @ diff + np.sum(a * a) + np.sum(b * b) - 2.0 * nuclear
+  return float(max(value, 0.0))
 
 
 def _pairwise_sq_dists(a: np.ndarray, b: np.ndarray) -> np.ndarray:
