@@ -12,6 +12,7 @@ from sid2 import models
 from sid2 import parametrization
 from sid2 import samplers
 from sid2 import schedules
+from sid2 import sharding
 
 TOP_LEVEL = {
     'seed': int, 'batch_size': int, 'total_steps': int, 'log_every': int, 'eval_every': int,
@@ -22,11 +23,13 @@ TOP_LEVEL = {
     'sampler': ml_collections.ConfigDict,
 }
 OPTIONAL_TOP_LEVEL = {'distill': ml_collections.ConfigDict, 'teacher_workdir': str, 'description': str,
-                      'num_channels': int, 'mesh': ml_collections.ConfigDict}
+                      'num_channels': int, 'mesh': ml_collections.ConfigDict,
+                      'num_frames': int}  # num_frames: frames per example, video models only
 OPTIMIZER = {'name': str, 'learning_rate': float, 'beta1': float, 'beta2': float, 'eps': float,
              'weight_decay': float, 'warmup_steps': int, 'grad_clip': float, 'decay': str,
              'end_factor': float}
-DATASET = {'name': str, 'split': str, 'data_dir': str, 'shuffle_buffer': int, 'num_classes': int}
+DATASET = {'name': str, 'split': str, 'data_dir': str, 'shuffle_buffer': int, 'num_classes': int,
+           'num_frames': int, 'num_channels': int}  # the last two: video datasets (sid2.video_data)
 SAMPLER = {'name': str, 'num_steps': int, 'clip_x': str, 'logvar_type': str, 'eta': float,
            'guidance': float, 'guidance_interval': tuple, 'num_samples': int}
 
@@ -67,6 +70,8 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int = 1):
   if config.batch_size % num_devices:
     raise ValueError(f'config field batch_size={config.batch_size} must be divisible by the number of '
                      f'devices ({num_devices})')
+  if 'mesh' in config:  # sizes (data * fsdp = devices), rules and min_shard_size (sid2.sharding)
+    sharding.resolve_mesh_config(config.mesh, num_devices)
   if not 0.0 <= config.ema_decay < 1.0:
     raise ValueError(f'config field ema_decay must be in [0, 1); got {config.ema_decay}')
   if not 0.0 <= config.cond_drop_prob <= 1.0:
@@ -110,3 +115,16 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int = 1):
     models.validate_model_config(config.model, config.image_res)
   except ValueError as e:
     raise ValueError(f'config field model: {e}') from None
+  _check_num_frames(config)
+
+
+def _check_num_frames(config):
+  """Video configs: num_frames >= 1, and model.num_frames / dataset.num_frames (when set) equal to it."""
+  if 'num_frames' not in config:
+    return
+  if config.num_frames < 1:
+    raise ValueError(f'config field num_frames must be >= 1; got {config.num_frames}')
+  for sub in ('model', 'dataset'):
+    frames = config[sub].get('num_frames', None)
+    if frames is not None and frames != config.num_frames:
+      raise ValueError(f'config field {sub}.num_frames={frames} must equal num_frames={config.num_frames}')

@@ -544,3 +544,8 @@ def load_eval_images(dataset_config, image_res: int, num: int) -> np.ndarray:
       label_key=_cfg_get(dataset_config, 'label_key', 'label'), image_res=image_res,
       global_batch_size=1, seed=0, process_index=0, process_count=1)
   return ds.eval_images(split, num)
+
+
+# Built-in datasets defined in their own modules register themselves here (after `register_dataset`
+# exists), so that `get_dataset` knows them whenever sid2.data is imported.
+from sid2 import video_data  # noqa: E402,F401  pylint: disable=g-import-not-at-top,wrong-import-position

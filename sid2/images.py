@@ -14,7 +14,13 @@ def to_uint8(images):
 
 
 def image_grid(images, ncols=None, pad=1):
-  """[N, H, W, C] in [-1, 1] -> one uint8 [rows*(H+pad)+pad, cols*(W+pad)+pad, C] grid (C = 1 or 3)."""
+  """[N, H, W, C] in [-1, 1] -> one uint8 [rows*(H+pad)+pad, cols*(W+pad)+pad, C] grid (C = 1 or 3).
+
+  Videos [N, T, H, W, C]: one row per video, its T frames side by side (ncols is then T).
+  """
+  if np.ndim(images) == 5:
+    n, t = np.shape(images)[:2]
+    return image_grid(np.reshape(images, (n * t,) + np.shape(images)[2:]), ncols=t, pad=pad)
   images = to_uint8(images)
   n, h, w, c = images.shape
   ncols = ncols or int(math.ceil(math.sqrt(n)))

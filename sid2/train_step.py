@@ -4,7 +4,8 @@
 function, a parametrisation and an optax optimizer -- and knows none of their names. Data parallelism uses
 `jax.jit` with `NamedSharding` over a 1-D `Mesh` named `data` (batch sharded, parameters replicated): the
 modern replacement for `pmap`, which JAX keeps in maintenance mode. The same code runs on one CPU, a GPU host
-or a multi-host TPU pod.
+or a multi-host TPU pod. `sid2.sharding` builds 2-D ('data', 'fsdp') meshes and sharded state layouts that
+`jit_train_step` takes as `state_sharding`; the batch is split over all of the mesh's axes.
 """
 from __future__ import annotations
 
@@ -224,14 +225,26 @@ def replicated(mesh):
   return NamedSharding(mesh, P())
 
 
+def data_axes(mesh):
+  """The axes the batch is split over: all of the mesh's (no tensor parallelism; FSDP's axis splits the
+  batch too, only the parameters are split differently)."""
+  return tuple(mesh.axis_names)
+
+
 def batch_sharded(mesh):
-  return NamedSharding(mesh, P('data'))
+  axes = data_axes(mesh)
+  return NamedSharding(mesh, P(axes[0] if len(axes) == 1 else axes))
 
 
-def jit_train_step(train_step, mesh, donate=True):
-  """jit with state (and frozen arrays) replicated, the batch sharded on `data`; metrics replicated."""
+def jit_train_step(train_step, mesh, donate=True, state_sharding=None):
+  """jit with the batch split over `data_axes(mesh)`, frozen arrays and metrics replicated.
+
+  state_sharding: a NamedSharding or a TrainState-shaped pytree of them (`sid2.sharding.state_shardings`)
+  for the state in and out; default replicated.
+  """
   rep, data = replicated(mesh), batch_sharded(mesh)
-  return jax.jit(train_step, in_shardings=(rep, data, rep), out_shardings=(rep, rep),
+  state = rep if state_sharding is None else state_sharding
+  return jax.jit(train_step, in_shardings=(state, data, rep), out_shardings=(state, rep),
                  donate_argnums=(0,) if donate else ())
 
 

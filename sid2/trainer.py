@@ -33,6 +33,7 @@ from sid2 import models
 from sid2 import parametrization as param_lib
 from sid2 import samplers
 from sid2 import schedules
+from sid2 import sharding as sharding_lib
 from sid2 import train_step as ts
 from sid2.images import save_image_grid, image_grid
 
@@ -76,9 +77,35 @@ def make_apply_fn(model):
   return apply_fn
 
 
+def frames_per_example(model, config):
+  """Frames per example T for a video model (one with a `num_frames` field, e.g. 'uvit_video'): the
+  config's top-level `num_frames`, else the model's; 0 for image models."""
+  model_frames = getattr(model, 'num_frames', 0) or 0
+  frames = config.get('num_frames', 0) or model_frames
+  if frames and not model_frames:
+    raise ValueError(f'config field num_frames={frames} is set but model.name={config.model.name!r} is not a '
+                     "video model (a model with a num_frames field, e.g. 'uvit_video')")
+  return frames
+
+
+def example_shape(model, config, num_channels):
+  """Shape of one example: [H, W, C] for image models, [T, H, W, C] for video models."""
+  frames = frames_per_example(model, config)
+  return ((frames,) if frames else ()) + (config.image_res, config.image_res, num_channels)
+
+
+def check_data_frames(model, config, ds):
+  """ValueError unless the dataset yields what the model takes: videos of T frames or images."""
+  frames, data_frames = frames_per_example(model, config), getattr(ds, 'num_frames', 0) or 0
+  if frames != data_frames:
+    what = lambda t: f'videos of {t} frames' if t else 'images'
+    raise ValueError(f'dataset.name={config.dataset.name!r} yields {what(data_frames)} but model.name='
+                     f'{config.model.name!r} takes {what(frames)} (config fields num_frames, '
+                     'dataset.num_frames, model.num_frames)')
+
+
 def init_params(model, config, num_channels, rng):
-  res = config.image_res
-  z = jnp.zeros((1, res, res, num_channels), jnp.float32)
+  z = jnp.zeros((1,) + example_shape(model, config, num_channels), jnp.float32)
   labels = jnp.zeros((1,), jnp.int32) if config.model.get('num_classes', 0) else None
   return model.init({'params': rng, 'dropout': rng}, z, jnp.zeros((1,)), labels, train=False)['params']
 
@@ -99,7 +126,8 @@ def make_sample_fn(model, config, num_samples, num_channels):
   s = config.sampler
   res = config.image_res
   schedule = schedules.get_schedule(config.schedule, image_res=res)
-  loop = samplers.sample_loop_fn((num_samples, res, res, num_channels), schedule, sampler=s.name,
+  loop = samplers.sample_loop_fn((num_samples,) + example_shape(model, config, num_channels), schedule,
+                                 sampler=s.name,
                                  num_steps=s.num_steps, clip_x=s.clip_x, logvar_type=s.logvar_type,
                                  eta=s.get('eta', 0.0))
   x_pred = make_x_pred(model, config.parametrization)
@@ -176,7 +204,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, stop_
   workdir = os.path.abspath(workdir)
   is_main = jax.process_index() == 0
   os.makedirs(os.path.join(workdir, 'samples'), exist_ok=True)
-  mesh = ts.make_mesh()
+  mesh = sharding_lib.make_mesh(config.get('mesh', None))  # without config.mesh: the 1-D `data` mesh
   ds = data_lib.get_dataset(config.dataset, image_res=config.image_res, global_batch_size=config.batch_size,
                             seed=config.seed, process_index=jax.process_index(),
                             process_count=jax.process_count())
@@ -186,22 +214,26 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, stop_
     with open(os.path.join(workdir, 'config.json'), 'w') as f:
       f.write(saved.to_json_best_effort(indent=2))
   model = build_model(config, ds.num_channels)
+  check_data_frames(model, config, ds)  # videos [T, H, W, C] for video models, else images
   schedule = schedules.get_schedule(config.schedule, image_res=config.image_res)
   loss_fn = losses.get_loss(config.loss_type, schedule)
   optimizer, lr_fn = ts.make_optimizer(config.optimizer, config.total_steps)
   step_cfg = ts.StepConfig(ema_decay=config.ema_decay, num_classes=config.model.get('num_classes', 0),
                            cond_drop_prob=config.cond_drop_prob, low_discrepancy=config.low_discrepancy)
   aux_apply_fn, aux_loss_fn, frozen = build_aux_loss(config, model, ds.num_channels)
-  train_step = ts.jit_train_step(
-      ts.make_train_step(aux_apply_fn or make_apply_fn(model), schedule, loss_fn, config.parametrization,
-                         optimizer, step_cfg, aux_loss_fn), mesh)
-  frozen = jax.device_put(frozen, ts.replicated(mesh)) if frozen is not None else None
-
   rng = jax.random.PRNGKey(config.seed)
   init_rng, state_rng, sample_rng = jax.random.split(rng, 3)
-  rep = ts.replicated(mesh)
-  state = jax.jit(lambda r: ts.create_train_state(init_params(model, config, ds.num_channels, r), optimizer,
-                                                  state_rng), out_shardings=rep)(init_rng)
+  init_state = lambda r: ts.create_train_state(init_params(model, config, ds.num_channels, r), optimizer,
+                                               state_rng)
+  # Shardings from shapes alone: the state is created already split (a model too big for one device never
+  # exists whole), and checkpoints restore into the same layout (`abstract_like` keeps the shardings).
+  state_sharding = sharding_lib.state_shardings(jax.eval_shape(init_state, init_rng), mesh,
+                                                config.get('mesh', None))
+  train_step = ts.jit_train_step(
+      ts.make_train_step(aux_apply_fn or make_apply_fn(model), schedule, loss_fn, config.parametrization,
+                         optimizer, step_cfg, aux_loss_fn), mesh, state_sharding=state_sharding)
+  frozen = jax.device_put(frozen, ts.replicated(mesh)) if frozen is not None else None
+  state = jax.jit(init_state, out_shardings=state_sharding)(init_rng)
   num_params = sum(x.size for x in jax.tree.leaves(state.params))
 
   ckpt = ckpt_lib.Checkpointer(os.path.join(workdir, 'checkpoints'), keep=config.keep_checkpoints)
@@ -215,8 +247,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, stop_
   writer = metric_writers.create_default_writer(workdir, just_logging=not is_main)
   if start_step == 0:
     writer.write_hparams({k: v for k, v in config.to_dict().items() if isinstance(v, (int, float, str))})
-  logging.info('model %s: %.2fM parameters, %d devices, %d processes', config.model.name, num_params / 1e6,
-               jax.device_count(), jax.process_count())
+  logging.info('model %s: %.2fM parameters, %d devices, %d processes, mesh %s, %.1f MiB of state per device',
+               config.model.name, num_params / 1e6, jax.device_count(), jax.process_count(), dict(mesh.shape),
+               sharding_lib.bytes_per_device(state) / 2 ** 20)
 
   num_samples = config.sampler.get('num_samples', 64)
   sample_fn = make_sample_fn(model, config, num_samples, ds.num_channels) if num_samples > 0 else None

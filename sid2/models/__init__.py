@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Callable, Optional
 
 from sid2.models import uvit
+from sid2.models import uvit_video
 from sid2.models.uvit import UViT
 
 # name -> builder(model_config, *, image_res, num_channels) -> linen module.
@@ -56,5 +57,6 @@ def get_model(model_config, *, image_res, num_channels):
 
 
 register_model('uvit', uvit.build_uvit, uvit.validate_uvit)
+register_model('uvit_video', uvit_video.build_uvit_video, uvit_video.validate_uvit_video)
 
 __all__ = ['MODELS', 'VALIDATORS', 'UViT', 'get_model', 'register_model', 'validate_model_config']

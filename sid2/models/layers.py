@@ -75,11 +75,14 @@ class ResBlock(nn.Module):
 
   `cond` is swish(embedding) [B, E]; a Dense maps it to a per-channel (scale, shift) applied as
   h * (1 + scale) + shift after the second GroupNorm.
+  `kernel_size` sets the convolutions' window and so the number of spatial axes: (3, 3) for images
+  [B, H, W, C], (k_t, 3, 3) for videos [B, T, H, W, C] (SiD2 B.7, "3D Convs"; `sid2.models.uvit_video`).
   """
   channels: int
   dropout: float = 0.0
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
+  kernel_size: tuple = (3, 3)
 
   @nn.compact
   def __call__(self, x, cond, *, train):
@@ -87,14 +90,16 @@ class ResBlock(nn.Module):
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     h = nn.GroupNorm(num_groups=num_groups(c), **kw)(x)
     h = nn.swish(h)
-    h = nn.Conv(c, (3, 3), padding='SAME', **kw)(h)
+    kernel = tuple(self.kernel_size)
+    h = nn.Conv(c, kernel, padding='SAME', **kw)(h)
     h = nn.GroupNorm(num_groups=num_groups(c), use_scale=False, use_bias=False, **kw)(h)
-    mod = nn.Dense(2 * c, **kw)(cond)[:, None, None, :]
+    mod = nn.Dense(2 * c, **kw)(cond)
+    mod = mod.reshape(mod.shape[:1] + (1,) * (x.ndim - 2) + mod.shape[1:])  # [B, 1, ..., 1, 2C]
     scale, shift = jnp.split(mod, 2, axis=-1)
     h = h * (1 + scale) + shift
     h = nn.swish(h)
     h = nn.Dropout(self.dropout, deterministic=not train)(h)
-    h = nn.Conv(c, (3, 3), padding='SAME', kernel_init=nn.initializers.zeros, **kw)(h)
+    h = nn.Conv(c, kernel, padding='SAME', kernel_init=nn.initializers.zeros, **kw)(h)
     return x + h
 
 

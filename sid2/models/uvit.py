@@ -7,6 +7,7 @@ blocks per level (SiD2 C.3, asymmetric U-ViTs).
 """
 from __future__ import annotations
 
+import functools
 from typing import Any, Optional, Sequence
 
 import flax.linen as nn
@@ -33,6 +34,7 @@ UVIT_DEFAULTS = dict(
     attention='xla',
     dtype='float32',
     param_dtype='float32',
+    remat=False,
 )
 
 
@@ -94,8 +96,9 @@ def resolve_uvit_config(model_config):
                      f'model.num_heads={f["num_heads"]}')
   if isinstance(f['dropout'], bool) or not isinstance(f['dropout'], (int, float)) or not 0 <= f['dropout'] < 1:
     raise ValueError(f'model.dropout must be in [0, 1), got {f["dropout"]!r}')
-  if not isinstance(f['drop_top_level'], bool):
-    raise ValueError(f'model.drop_top_level must be a bool, got {f["drop_top_level"]!r}')
+  for name in ('drop_top_level', 'remat'):
+    if not isinstance(f[name], bool):
+      raise ValueError(f'model.{name} must be a bool, got {f[name]!r}')
   if f['drop_top_level'] and n < 2:
     raise ValueError('model.drop_top_level=True needs at least 2 levels in model.channels, got '
                      f'{f["channels"]}')
@@ -162,6 +165,9 @@ class UViT(nn.Module):
     attention: 'xla' | 'cudnn' | 'auto' (jax.nn.dot_product_attention) or 'naive' (einsum + softmax).
     dtype: compute dtype name ('float32', 'bfloat16', 'float16'); the output is always float32.
     param_dtype: parameter dtype name (keep 'float32').
+    remat: rematerialise every ResBlock and transformer block (`nn.remat`): their activations are recomputed
+      in the backward pass instead of stored. Same outputs, gradients and parameter names; less memory for
+      roughly one more forward pass of compute.
     num_channels: image channels expected (set by `get_model` from the data, not by the sub-config);
       0 accepts any.
 
@@ -187,6 +193,7 @@ class UViT(nn.Module):
   attention: str = UVIT_DEFAULTS['attention']
   dtype: str = UVIT_DEFAULTS['dtype']
   param_dtype: str = UVIT_DEFAULTS['param_dtype']
+  remat: bool = UVIT_DEFAULTS['remat']
   num_channels: int = 0
 
   def _fields(self):
@@ -196,6 +203,14 @@ class UViT(nn.Module):
   def _drop(self, level):
     """Dropout rate at `level` (index into channels; len(channels) is the transformer)."""
     return self.dropout if level >= self.dropout_from_level else 0.0
+
+  def _block(self, block_cls, *args, name, train, **kw):
+    """`block_cls(*args, name=name, **kw)(h, cond, train=train)` as a function of (h, cond), rematerialised
+    under `remat`. The block is built inside the lifted function, as a child of the (lifted) module, so its
+    parameters keep their names; `train` is closed over (jax.checkpoint would trace a bool argument)."""
+    def apply(module, h, cond):
+      return block_cls(*args, name=name, parent=module, **kw)(h, cond, train=train)
+    return functools.partial(nn.remat(apply) if self.remat else apply, self)
 
   @nn.compact
   def __call__(self, z, logsnr, labels: Optional[Any] = None, train: bool = False):
@@ -237,7 +252,8 @@ class UViT(nn.Module):
     skips = []
     for i in levels:
       for j in range(f['enc_blocks'][i]):
-        h = layers.ResBlock(chans[i], self._drop(i), name=f'enc_{i}_block_{j}', **kw)(h, cond, train=train)
+        h = self._block(layers.ResBlock, chans[i], self._drop(i), name=f'enc_{i}_block_{j}', train=train,
+                        **kw)(h, cond)
       skips.append(h)
       c_next = chans[i + 1] if i + 1 < len(chans) else c_t
       h = layers.Downsample(c_next, name=f'down_{i}', **kw)(h)
@@ -246,8 +262,8 @@ class UViT(nn.Module):
     _, th, tw, _ = h.shape
     tokens = h.reshape(b, th * tw, c_t) + layers.sincos_2d(th, tw, c_t).astype(dtype)[None]
     for j in range(f['transformer_blocks']):
-      tokens = layers.TransformerBlock(f['num_heads'], self._drop(len(chans)), f['attention'],
-                                       name=f'transformer_block_{j}', **kw)(tokens, cond, train=train)
+      tokens = self._block(layers.TransformerBlock, f['num_heads'], self._drop(len(chans)), f['attention'],
+                           name=f'transformer_block_{j}', train=train, **kw)(tokens, cond)
     tokens = nn.LayerNorm(name='transformer_norm', **kw)(tokens)
     h = tokens.reshape(b, th, tw, c_t)
 
@@ -255,7 +271,8 @@ class UViT(nn.Module):
     for i in reversed(levels):
       h = layers.Upsample(chans[i], name=f'up_{i}', **kw)(h) + skips.pop()
       for j in range(f['dec_blocks'][i]):
-        h = layers.ResBlock(chans[i], self._drop(i), name=f'dec_{i}_block_{j}', **kw)(h, cond, train=train)
+        h = self._block(layers.ResBlock, chans[i], self._drop(i), name=f'dec_{i}_block_{j}', train=train,
+                        **kw)(h, cond)
 
     h = nn.GroupNorm(num_groups=layers.num_groups(chans[levels[0]]), name='norm_out', **kw)(h)
     h = nn.swish(h)
