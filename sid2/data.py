@@ -235,6 +235,15 @@ class InMemoryDataset:
     batch.update({k: np.asarray(v[idx], np.float32) for k, v in self._extras.items()})
     return batch
 
+  def has_extra(self, key: str) -> bool:
+    """Whether batches carry the per-example array `key` (e.g. 'text')."""
+    return key in self._extras
+
+  def extra_rows(self, key: str, num: int) -> np.ndarray:
+    """The first `num` rows of extra array `key` (cycled), float32: conditioning for evaluation samples."""
+    value = self._extras[key]
+    return np.asarray(value[np.arange(num) % value.shape[0]], np.float32)
+
   def get_state(self) -> dict:
     """Checkpoint position {'step': next step, 'seed', 'global_batch_size'}: ints, same on all hosts."""
     return dict(step=self._next_step, seed=self.seed, global_batch_size=self.global_batch_size)

@@ -118,10 +118,12 @@ def make_x_pred(model, parametrization):
   return x_pred
 
 
-def make_sample_fn(model, config, num_samples, num_channels):
+def make_sample_fn(model, config, num_samples, num_channels, embedding_labels=False):
   """A jitted `sample(params, rng, labels, guidance, lo, hi) -> images` from the config's sampler settings.
 
   Guidance strength and interval are traced: changing them does not recompile (SPEC §7).
+  embedding_labels: labels are conditioning embeddings (e.g. text [N, S, D]) and the unconditional branch
+  is the model called with labels=None (its own null context).
   """
   s = config.sampler
   res = config.image_res
@@ -134,7 +136,10 @@ def make_sample_fn(model, config, num_samples, num_channels):
   num_classes = config.model.get('num_classes', 0)
 
   def sample(params, rng, labels, guidance, lo, hi):
-    if num_classes:
+    if embedding_labels:
+      fn = guidance_lib.guided_x_pred_fn(lambda z, logsnr: x_pred(params, z, logsnr, labels),
+                                         lambda z, logsnr: x_pred(params, z, logsnr, None), guidance, (lo, hi))
+    elif num_classes:
       fn = guidance_lib.class_guided_x_pred_fn(functools.partial(x_pred, params), labels, num_classes,
                                                guidance, (lo, hi))
     else:
@@ -252,8 +257,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, stop_
                sharding_lib.bytes_per_device(state) / 2 ** 20)
 
   num_samples = config.sampler.get('num_samples', 64)
-  sample_fn = make_sample_fn(model, config, num_samples, ds.num_channels) if num_samples > 0 else None
+  # Text-conditioned data: samples are conditioned on the first dataset rows' embeddings.
+  sample_text = ds.extra_rows('text', num_samples) if getattr(ds, 'has_extra', lambda k: False)('text') \
+      and num_samples > 0 else None
+  sample_fn = make_sample_fn(model, config, num_samples, ds.num_channels,
+                             embedding_labels=sample_text is not None) if num_samples > 0 else None
   sample_labels = jnp.arange(num_samples, dtype=jnp.int32) % max(step_cfg.num_classes, 1)
+  if sample_text is not None:
+    sample_labels = jnp.asarray(sample_text)
 
   def evaluate(step):
     if num_samples <= 0:

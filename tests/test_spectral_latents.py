@@ -109,7 +109,11 @@ def test_text_embeddings_feed_a_text_conditioned_model(tmp_path):
   config.model = ml_collections.ConfigDict(dict(name='wg_unet', channels=(8, 8), blocks=(1, 1), heads=(0, 2),
                                                 mid_heads=2, conditioning='text', context_dim=6))
   config.total_steps = 2
-  config.sampler.num_samples = 0
+  config.sampler.num_samples = 2  # text-guided samples from the first rows' embeddings
+  config.sampler.num_steps = 2
+  config.sampler.guidance = 1.0
+  config.eval_every = 2
   config.checkpoint_every = 2
   trainer.train_and_evaluate(config, str(tmp_path / 'work'))
   assert os.path.isdir(tmp_path / 'work' / 'checkpoints')
+  assert os.path.exists(tmp_path / 'work' / 'samples' / 'step_2.png')
