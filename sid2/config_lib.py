@@ -124,6 +124,9 @@ def _check_num_frames(config):
     return
   if config.num_frames < 1:
     raise ValueError(f'config field num_frames must be >= 1; got {config.num_frames}')
+  if config.loss_type.startswith('power'):
+    raise ValueError(f'config field loss_type={config.loss_type!r}: the power loss is defined on images (2-D '
+                     'Haar bands, SiD2 B.2); video configs (num_frames set) take the other loss types')
   for sub in ('model', 'dataset'):
     frames = config[sub].get('num_frames', None)
     if frames is not None and frames != config.num_frames:

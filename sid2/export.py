@@ -275,7 +275,8 @@ def export_workdir(workdir: str, out_dir: str, *, step: Optional[int] = None, wi
     exported = export_sampler(fn, r.params, n, platforms)
     s = s_cfg.sampler
     interval = tuple(s.get('guidance_interval', ()) or ())
-    info = dict(num_samples=n, image_shape=[config.image_res, config.image_res, r.num_channels],
+    frames = [int(config.num_frames)] if 'num_frames' in config else []  # video: [T, H, W, C]
+    info = dict(num_samples=n, image_shape=frames + [config.image_res, config.image_res, r.num_channels],
                 num_classes=int(config.model.get('num_classes', 0) or 0),
                 null_label=int(config.model.get('num_classes', 0) or 0), sampler=s.name,
                 num_steps=int(s.num_steps), clip_x=s.clip_x, logvar_type=str(s.logvar_type),

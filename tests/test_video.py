@@ -228,6 +228,10 @@ def test_config_num_frames_consistency():
   d.model.num_frames = 8
   with pytest.raises(ValueError, match='model.num_frames=8 must equal num_frames=16'):
     config_lib.validate_config(d)
+  e = ml_collections.ConfigDict(c.to_dict())
+  e.loss_type = 'power:1'
+  with pytest.raises(ValueError, match='loss_type=.power:1.: the power loss is defined on images'):
+    config_lib.validate_config(e)
   # The trainer's data check (before any compute): a video model needs video data of its length.
   from sid2 import trainer  # pylint: disable=g-import-not-at-top
   model = trainer.build_model(c, 3)
