@@ -204,6 +204,23 @@ class UViT(nn.Module):
     """Dropout rate at `level` (index into channels; len(channels) is the transformer)."""
     return self.dropout if level >= self.dropout_from_level else 0.0
 
+  def _conditioning(self, f, logsnr, labels, kw):
+    """swish(MLP(sinusoidal(λ)) + class embedding) [B, E]: the embedding every block is conditioned on.
+
+    Called from `__call__` (compact), so its layers are named children of the model (shared by the video
+    U-ViT, which subclasses this module)."""
+    b = logsnr.shape[0]
+    e = emb_width(f)
+    emb = layers.sinusoidal_embedding(logsnr, f['channels'][used_levels(f['channels'], f['drop_top_level'])[0]])
+    emb = nn.Dense(e, name='emb_dense0', **kw)(emb)
+    emb = nn.Dense(e, name='emb_dense1', **kw)(nn.swish(emb))
+    if self.num_classes:
+      if labels is None:
+        labels = jnp.full((b,), self.num_classes, jnp.int32)
+      labels = jnp.broadcast_to(jnp.asarray(labels, jnp.int32), (b,))
+      emb = emb + nn.Embed(self.num_classes + 1, e, name='class_embed', **kw)(labels)
+    return nn.swish(emb)
+
   def _block(self, block_cls, *args, name, train, **kw):
     """`block_cls(*args, name=name, **kw)(h, cond, train=train)` as a function of (h, cond), rematerialised
     under `remat`. The block is built inside the lifted function, as a child of the (lifted) module, so its
@@ -234,17 +251,7 @@ class UViT(nn.Module):
     c_t = f['transformer_channels']
     p = f['patching_size']
 
-    # Conditioning embedding of λ (and the class).
-    e = emb_width(f)
-    emb = layers.sinusoidal_embedding(logsnr, chans[levels[0]])
-    emb = nn.Dense(e, name='emb_dense0', **kw)(emb)
-    emb = nn.Dense(e, name='emb_dense1', **kw)(nn.swish(emb))
-    if self.num_classes:
-      if labels is None:
-        labels = jnp.full((b,), self.num_classes, jnp.int32)
-      labels = jnp.broadcast_to(jnp.asarray(labels, jnp.int32), (b,))
-      emb = emb + nn.Embed(self.num_classes + 1, e, name='class_embed', **kw)(labels)
-    cond = nn.swish(emb)
+    cond = self._conditioning(f, logsnr, labels, kw)
 
     # Encoder.
     h = layers.space_to_depth(z.astype(dtype), p)

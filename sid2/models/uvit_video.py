@@ -204,17 +204,7 @@ class UViTVideo(uvit.UViT):
     kernel = (f['temporal_kernel_size'], 3, 3)
     tflags = f['temporal_downsample']
 
-    # Conditioning embedding of λ (and the class), as in the image U-ViT.
-    e = uvit.emb_width(f)
-    emb = layers.sinusoidal_embedding(logsnr, chans[levels[0]])
-    emb = nn.Dense(e, name='emb_dense0', **kw)(emb)
-    emb = nn.Dense(e, name='emb_dense1', **kw)(nn.swish(emb))
-    if self.num_classes:
-      if labels is None:
-        labels = jnp.full((b,), self.num_classes, jnp.int32)
-      labels = jnp.broadcast_to(jnp.asarray(labels, jnp.int32), (b,))
-      emb = emb + nn.Embed(self.num_classes + 1, e, name='class_embed', **kw)(labels)
-    cond = nn.swish(emb)
+    cond = self._conditioning(f, logsnr, labels, kw)  # λ (+ class), as in the image U-ViT
 
     # Encoder: 3-D ResBlocks, one skip per level.
     h = _frames_to_batch(z.astype(dtype), lambda x: layers.space_to_depth(x, p))
