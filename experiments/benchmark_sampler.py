@@ -34,6 +34,7 @@ import numpy as np
 from absl import flags
 from ml_collections import config_flags
 
+from experiments import cli
 from sid2 import restore
 from sid2 import samplers
 from sid2 import schedules
@@ -173,11 +174,7 @@ def default_channels(config):
 
 
 def main(argv, flag_values: Optional[flags.FlagValues] = None):
-  fv = flag_values
-  if fv is None:
-    fv = flags.FlagValues()
-    define_flags(fv)
-    fv(list(argv))
+  fv = cli.parse(argv, define_flags, flag_values)
   for name in ('num_samples', 'num_steps', 'repeats'):
     if fv[name].value < 1:
       raise ValueError(f'{name} must be a positive integer; got {fv[name].value}')
@@ -193,5 +190,4 @@ def main(argv, flag_values: Optional[flags.FlagValues] = None):
 
 
 if __name__ == '__main__':
-  from experiments import sample as sample_cli
-  sample_cli.cli_entry(main, define_flags)
+  cli.cli_entry(main, define_flags)

@@ -31,6 +31,7 @@ from absl import flags
 from absl import logging
 import numpy as np
 
+from experiments import cli
 from experiments import sample as sample_lib
 from sid2 import data
 from sid2 import restore
@@ -164,11 +165,7 @@ def evaluate(raw: dict, *, compute_pr: bool = True, features_path: str = feature
 
 def main(argv, flag_values: Optional[flags.FlagValues] = None):
   """CLI entry; flags parsed into a fresh FlagValues unless given."""
-  fv = flag_values
-  if fv is None:
-    fv = flags.FlagValues()
-    define_flags(fv)
-    fv(list(argv))
+  fv = cli.parse(argv, define_flags, flag_values)
   names = ('workdir', 'step', 'num_samples', 'batch_size', 'sampler', 'num_steps', 'clip_x', 'logvar_type',
            'eta', 'guidance', 'guidance_interval', 'seed')
   raw = {n: fv[n].value for n in names}
@@ -179,4 +176,4 @@ def main(argv, flag_values: Optional[flags.FlagValues] = None):
 
 
 if __name__ == '__main__':
-  sample_lib.cli_entry(main, define_flags)
+  cli.cli_entry(main, define_flags)

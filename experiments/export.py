@@ -14,9 +14,9 @@ from __future__ import annotations
 import json
 from typing import Optional
 
-from absl import app
 from absl import flags
 
+from experiments import cli
 from experiments import sample as sample_cli
 from sid2 import export as export_lib
 from sid2 import restore
@@ -61,13 +61,7 @@ def run(workdir: str, out: str, *, step=None, export_sampler=True, export_num_sa
 
 def main(argv, flag_values: Optional[flags.FlagValues] = None):
   """CLI entry. argv: ['export', '--workdir=...', ...]; flags parsed into a fresh FlagValues unless given."""
-  fv = flag_values
-  if fv is None:
-    fv = flags.FlagValues()
-    define_flags(fv)
-    fv(list(argv))
-  elif len(argv) > 1:
-    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  fv = cli.parse(argv, define_flags, flag_values, extra_args_ok=False)
   return run(fv.workdir, fv.out, step=fv.step, export_sampler=fv.export_sampler,
              export_num_samples=fv.export_num_samples, export_num_steps=fv.export_num_steps,
              sampler=fv.sampler, clip_x=fv.clip_x, logvar_type=fv.logvar_type, eta=fv.eta,
@@ -75,4 +69,4 @@ def main(argv, flag_values: Optional[flags.FlagValues] = None):
 
 
 if __name__ == '__main__':
-  sample_cli.cli_entry(main, define_flags)
+  cli.cli_entry(main, define_flags)

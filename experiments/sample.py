@@ -25,15 +25,14 @@ import importlib
 import json
 import math
 import os
-import sys
 import time
 from typing import Optional
 
 import numpy as np
-from absl import app
 from absl import flags
 from absl import logging
 
+from experiments import cli
 from sid2 import models
 from sid2 import restore
 
@@ -285,30 +284,9 @@ def run(raw: dict, *, log=print):
 
 def main(argv, flag_values: Optional[flags.FlagValues] = None):
   """CLI entry. argv: ['sample', '--workdir=...', ...]; flags parsed into a fresh FlagValues unless given."""
-  fv = flag_values
-  if fv is None:
-    fv = flags.FlagValues()
-    define_flags(fv)
-    fv(list(argv))
-  elif len(argv) > 1:
-    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  fv = cli.parse(argv, define_flags, flag_values, extra_args_ok=False)
   return run(raw_from_flags(fv))
 
 
-def cli_entry(main_fn, define_fn):
-  """Runs `main_fn` under absl with the global FLAGS: quiet library logs, bad input as one error line."""
-  define_fn(flags.FLAGS)
-
-  def entry(argv):
-    if not flags.FLAGS['verbosity'].present:
-      logging.set_verbosity(logging.WARNING)  # orbax logs every file it opens at INFO
-    try:
-      main_fn(argv, flags.FLAGS)
-    except (ValueError, FileNotFoundError) as e:
-      sys.exit(f'error: {e}')
-
-  app.run(entry)
-
-
 if __name__ == '__main__':
-  cli_entry(main, define_flags)
+  cli.cli_entry(main, define_flags)
