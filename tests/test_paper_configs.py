@@ -148,3 +148,14 @@ def test_bias_and_guidance_per_resolution(res):
 def test_bad_resolution_is_a_value_error():
   with pytest.raises(ValueError, match='image_res must be one of'):
     imagenet_common.imagenet_config(64)
+
+
+@pytest.mark.parametrize('res,variant', NAMES)
+def test_no_dropout_on_the_highest_resolution_maps(res, variant):
+  # Simple diffusion: no dropout on the highest-resolution feature maps actually present (the first used
+  # level, channels[1] when drop_top_level), dropout from the next level down and in the transformer.
+  c = _config(res, variant)
+  model = trainer.build_model(c, 3)
+  levels = uvit.used_levels(c.model.channels, c.model.drop_top_level)
+  assert model._drop(levels[0]) == 0.0
+  assert all(model._drop(i) == c.model.dropout > 0 for i in levels[1:] + [len(c.model.channels)])

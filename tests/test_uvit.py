@@ -157,6 +157,24 @@ def test_dropout_only_when_training():
   assert [later._drop(i) for i in range(3)] == [0.0, 0.5, 0.5]
 
 
+def test_no_dropout_on_the_highest_resolution_present():
+  # With the top level dropped, channels[1] holds the highest-resolution maps: dropout_from_level=1 leaves
+  # them without dropout (simple diffusion's rule); the next level down gets it. Checked on the block outputs.
+  fields = dict(TINY, channels=(8, 8, 16), enc_blocks=(1, 1, 1), dec_blocks=(0, 0, 0), drop_top_level=True,
+                dropout_from_level=1)
+  model = make(**fields)
+  assert [model._drop(i) for i in range(4)] == [0.0, 0.0, 0.5, 0.5]
+  z, logsnr = inputs()
+  params = random_params(model, z, logsnr)
+  run = jax.jit(lambda rng: model.apply({'params': params}, z, logsnr, train=True, rngs={'dropout': rng},
+                                        capture_intermediates=True)[1]['intermediates'])
+  a, b = run(KEY0), run(KEY1)
+  top = lambda m: m['enc_1_block_0']['__call__'][0]
+  low = lambda m: m['enc_2_block_0']['__call__'][0]
+  np.testing.assert_array_equal(top(a), top(b))
+  assert float(jnp.abs(low(a) - low(b)).max()) > 1e-3
+
+
 def test_gradient_matches_finite_difference():
   model = make(**dict(TINY, channels=(8,), enc_blocks=(0,), dec_blocks=(1,), dropout=0.0))
   z, logsnr = inputs()

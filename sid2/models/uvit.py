@@ -55,6 +55,14 @@ def _int_tuple(name, value):
   return out
 
 
+def dropout_rate(dropout, dropout_from_level, level, drop_top_level):
+  """Dropout at `level` (index into channels; len(channels): the transformer). Levels count from the top
+  level that exists, so with drop_top_level the highest-resolution maps present (channels[1]) are level 0 and
+  get none when dropout_from_level >= 1 (simple diffusion: no dropout at the highest resolution)."""
+  first = 1 if drop_top_level else 0
+  return dropout if level - first >= dropout_from_level else 0.0
+
+
 def used_levels(channels, drop_top_level):
   """Indices into `channels` of the levels that exist (SiD2 B.6: at 128^2 the top level is removed)."""
   return list(range(1 if drop_top_level else 0, len(channels)))
@@ -157,8 +165,9 @@ class UViT(nn.Module):
     drop_top_level: drop channels[0] / enc_blocks[0] / dec_blocks[0] entirely (SiD2 B.6: "for 128^2
       resolutions the top-level layer (128 channels) is entirely removed").
     dropout: dropout rate in ResBlocks (before their second conv) and on transformer residual branches.
-    dropout_from_level: first level index (into `channels`, unaffected by drop_top_level) that gets dropout;
-      the transformer counts as level len(channels). Simple diffusion: no dropout at the highest resolutions.
+    dropout_from_level: the first level that gets dropout, counted from the top level that exists (with
+      drop_top_level, channels[1] is level 0); the transformer counts as the level after the last. Simple
+      diffusion: no dropout on the highest-resolution feature maps present (`dropout_rate`).
     num_classes: 0 for unconditional; else labels in [0, num_classes) plus a learned null class at index
       num_classes (labels=None means all-null; the train step drops labels to it for guidance).
     emb_channels: width E of the logSNR (+ class) embedding; 0 means 4 x the first used level's width.
@@ -202,7 +211,7 @@ class UViT(nn.Module):
 
   def _drop(self, level):
     """Dropout rate at `level` (index into channels; len(channels) is the transformer)."""
-    return self.dropout if level >= self.dropout_from_level else 0.0
+    return dropout_rate(self.dropout, self.dropout_from_level, level, self.drop_top_level)
 
   def _conditioning(self, f, logsnr, labels, kw):
     """swish(MLP(sinusoidal(λ)) + class embedding) [B, E]: the embedding every block is conditioned on.
