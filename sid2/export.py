@@ -9,8 +9,11 @@ An export directory (written by `python -m experiments.export`, i.e. `export_wor
   sampler.jaxexport.json    its signature and settings
 
 Loading needs no training code and no optimizer state: `load`, `load_params` and `load_sampler` use only
-numpy, safetensors, ml_collections and jax (this module imports nothing else at load time; the writing side
-imports sid2's model code inside `export_workdir`). Nothing is pickled.
+numpy, safetensors, ml_collections, jax (+ jaxlib) and flatbuffers, which jax's deserializer imports but
+jax does not install (`RUNTIME_REQUIREMENTS`; `pip install -e .[export]` or those packages). This module
+imports no other project module at load time (the writing side imports sid2's model code inside
+`export_workdir`), so a consumer without this project can copy this one file beside the export directory.
+Nothing is pickled.
 
 The exported sampler takes the parameters as an argument (not baked in), so one sampler file serves every
 checkpoint of the same architecture and the file stays small:
@@ -44,6 +47,8 @@ SAMPLER_INFO_SUFFIX = '.json'
 PARAMS_FORMAT = 'sid2.ema_params.v1'
 SAMPLER_FORMAT = 'sid2.sampler.jaxexport.v1'
 DEFAULT_PLATFORMS = ('cpu', 'cuda', 'tpu')
+# What loading and running an export needs (pip names; also in setup.py's `export` extra and the sampler JSON).
+RUNTIME_REQUIREMENTS = ('jax', 'jaxlib', 'numpy', 'safetensors', 'ml-collections', 'flatbuffers')
 SEP = '/'
 
 
@@ -171,6 +176,7 @@ def save_sampler(path: str, exported, info: dict) -> str:
   with open(path, 'wb') as f:
     f.write(exported.serialize())
   info = dict(info, format=SAMPLER_FORMAT, platforms=list(exported.platforms), jax_version=jax.__version__,
+              runtime_requirements=list(RUNTIME_REQUIREMENTS),
               num_param_arrays=len(exported.in_avals) - 5,
               other_in_avals=[str(a) for a in exported.in_avals[-5:]],
               out_avals=[str(a) for a in exported.out_avals],
@@ -224,10 +230,16 @@ class ExportedSampler:
 
 
 def load_sampler(path: str) -> ExportedSampler:
-  """The sampler of an export dir (or its .jaxexport file) as a callable; needs only jax at run time."""
+  """The sampler of an export dir (or its .jaxexport file) as a callable; needs jax and flatbuffers."""
   path = os.path.join(path, SAMPLER_FILE) if os.path.isdir(path) else path
   if not os.path.isfile(path):
     raise FileNotFoundError(f'{path} not found (export with experiments.export to write {SAMPLER_FILE})')
+  try:
+    import flatbuffers  # noqa: F401  pylint: disable=unused-import,g-import-not-at-top
+  except ImportError as e:
+    raise ImportError(f'loading {path} needs the flatbuffers package (jax.export deserialization imports it; '
+                      f'jax does not install it): pip install flatbuffers. An export needs '
+                      f'{", ".join(RUNTIME_REQUIREMENTS)}.') from e
   with open(path, 'rb') as f:
     exported = jax.export.deserialize(bytearray(f.read()))
   with open(path + SAMPLER_INFO_SUFFIX) as f:

@@ -264,6 +264,61 @@ def test_exported_sampler_runs_with_only_jax_and_matches(run, exported, tmp_path
   np.testing.assert_array_equal(got['x_default'], _in_process_samples(run, 8, [0, 1, 2, 3]))
 
 
+_STANDALONE = textwrap.dedent("""
+    import importlib.abc, importlib.util, os, sys
+    ROOT, HERE, BLOCKED = sys.argv[1], sys.argv[2], tuple(sys.argv[3].split(','))
+    # The project is off the import path (its editable install's finder too): only site-packages remain.
+    sys.path[:] = [p for p in sys.path if p and not os.path.abspath(p).startswith(ROOT)]
+    class Block(importlib.abc.MetaPathFinder):
+      def find_spec(self, name, path=None, target=None):
+        if any(name == b or name.startswith(b + '.') for b in BLOCKED):
+          raise ImportError('blocked: ' + name)
+    sys.meta_path.insert(0, Block())
+    spec = importlib.util.spec_from_file_location('standalone_export', os.path.join(HERE, 'export.py'))
+    export = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(export)
+    """)
+_PROJECT = ('sid2', 'spectral', 'experiments', 'configs', 'tests', 'flax', 'optax', 'orbax', 'tensorflow', 'clu')
+
+
+def _run_standalone(body, tmp_path, blocked):
+  """Runs `body` after loading a copy of sid2/export.py with the project and `blocked` unimportable."""
+  shutil.copy(os.path.join(ROOT, 'sid2', 'export.py'), tmp_path / 'export.py')
+  env = {k: v for k, v in os.environ.items() if k != 'PYTHONPATH'}
+  env['JAX_PLATFORMS'] = 'cpu'
+  return subprocess.run([sys.executable, '-I', '-c', _STANDALONE + textwrap.dedent(body), ROOT, str(tmp_path),
+                         ','.join(blocked)], env=env, cwd=str(tmp_path), capture_output=True, text=True,
+                        timeout=600)
+
+
+def test_export_dir_samples_without_the_project(run, exported, tmp_path):
+  """A copy of sid2/export.py, run where neither the project nor its training dependencies import, loads the
+  export directory and samples (catches a hidden dependency); without flatbuffers it says what is missing."""
+  out = str(tmp_path / 'standalone.npz')
+  proc = _run_standalone(f"""
+      import numpy as np
+      params, config = export.load({exported.dir!r})
+      x = np.asarray(export.load_sampler({exported.dir!r})(params, 7, labels=[5, 6, 7, 8], guidance=0.5,
+                                                             interval=(-3.0, 5.0)))
+      assert not [m for m in sys.modules if any(m == b or m.startswith(b + '.') for b in BLOCKED)]
+      assert 'flatbuffers' in sys.modules
+      np.savez({out!r}, x=x)
+      """, tmp_path, _PROJECT)
+  assert proc.returncode == 0, proc.stderr[-4000:]
+  with np.load(out) as f:
+    np.testing.assert_array_equal(f['x'], _in_process_samples(run, 7, [5, 6, 7, 8], 0.5, (-3.0, 5.0)))
+  info = json.load(open(os.path.join(exported.dir, 'sampler.jaxexport.json')))
+  assert 'flatbuffers' in info['runtime_requirements']
+  proc = _run_standalone(f"""
+      try:
+        export.load_sampler({exported.dir!r})
+      except ImportError as e:
+        print(e)
+      """, tmp_path, _PROJECT + ('flatbuffers',))
+  assert proc.returncode == 0, proc.stderr[-4000:]
+  assert 'needs the flatbuffers package' in proc.stdout and 'pip install flatbuffers' in proc.stdout
+
+
 @pytest.mark.parametrize('flags, message', [
     (['--sampler', 'foo'], 'sampler must be one of'),
     (['--platforms', 'gpu'], 'platforms must be'),
