@@ -16,6 +16,8 @@ ImageNet paper config by file name, e.g. `imagenet128_small` (~1B parameters: fo
 One JSON per run (--json, default runs/benchmarks/train_<time>.json) with the machine, the matmul peak, per
 model images/s, achieved FLOP/s, fraction of peak, compile time and peak RSS, and the sampler measurement.
 """
+from sid2 import runtime  # first, before jax: one CPU device per core, persistent compile cache
+runtime.configure(__name__)  # (only when run as a program)
 import importlib
 import json
 import os

@@ -21,6 +21,8 @@ network_fraction = network / sampler (target >= 0.95); model evaluations/s count
 network pass (so a guided step counts 2N).
 """
 from __future__ import annotations
+from sid2 import runtime  # first, before jax: one CPU device per core, persistent compile cache
+runtime.configure(__name__)  # (only when run as a program)
 
 import json
 import math

@@ -21,6 +21,8 @@ are comparable only between runs with the same feature net (sha256), the same sa
 real set; FD is biased upwards at small N (see the reference values in the feature net's JSON sidecar).
 """
 from __future__ import annotations
+from sid2 import runtime  # first, before jax: one CPU device per core, persistent compile cache
+runtime.configure(__name__)  # (only when run as a program)
 
 import json
 import os

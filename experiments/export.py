@@ -10,6 +10,8 @@ export/sampler.jaxexport.json. Load them without training code (see `sid2.export
   images = sample(params, rng=0, guidance=1.0, interval=(-3.0, 5.0))
 """
 from __future__ import annotations
+from sid2 import runtime  # first, before jax: one CPU device per core, persistent compile cache
+runtime.configure(__name__)  # (only when run as a program)
 
 import json
 from typing import Optional

@@ -20,6 +20,8 @@ default round-robin 0, 1, ..., C-1, 0, ... --guidance_interval: 'lo,hi' in logSN
 guidance); guidance w uses SiD2's convention (0 = none; SPEC §11).
 """
 from __future__ import annotations
+from sid2 import runtime  # first, before jax: one CPU device per core, persistent compile cache
+runtime.configure(__name__)  # (only when run as a program)
 
 import importlib
 import json

@@ -7,6 +7,8 @@ Several processes (a TPU pod slice, or one process per GPU host): pass --multipr
 further flags; elsewhere set --coordinator_address=host:port --num_processes=N --process_id=i, or the
 environment variables JAX reads) and every process runs the same command.
 """
+from sid2 import runtime  # first, before jax: one CPU device per core, persistent compile cache
+runtime.configure(__name__)  # (only when run as a program)
 from absl import app
 from absl import flags
 from absl import logging

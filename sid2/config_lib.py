@@ -10,6 +10,7 @@ import ml_collections
 from sid2 import losses
 from sid2 import models
 from sid2 import parametrization
+from sid2 import runtime
 from sid2 import samplers
 from sid2 import schedules
 from sid2 import sharding
@@ -69,7 +70,7 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int = 1):
                      'keep_checkpoints', 'image_res', 'max_nonfinite_streak'])
   if config.batch_size % num_devices:
     raise ValueError(f'config field batch_size={config.batch_size} must be divisible by the number of '
-                     f'devices ({num_devices})')
+                     f'devices ({num_devices}){runtime.device_count_hint(num_devices)}')
   if 'mesh' in config:  # sizes (data * fsdp = devices), rules and min_shard_size (sid2.sharding)
     sharding.resolve_mesh_config(config.mesh, num_devices)
   if not 0.0 <= config.ema_decay < 1.0:
