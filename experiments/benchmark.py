@@ -1,9 +1,26 @@
-"""Training throughput benchmark: images/s, achieved FLOP/s vs a measured matmul peak, compile time, RSS;
-plus the sampler's model evaluations/s and network-time fraction (`experiments.benchmark_sampler`).
+"""Throughput benchmarks. Three suites (--suite):
 
-  python -m experiments.benchmark [--models default,large] [--steps 10] [--json PATH] \
+  python -m experiments.benchmark                      # cpu: the default config, 1 device vs one per core
+  python -m experiments.benchmark --suite models [--models default,large] [--steps 10] \
       [--sampler_model default] [--sampler_samples 8] [--sampler_steps 16]
+  python -m experiments.benchmark --suite accelerator [--per_chip_batch 32] [--smoke]
 
+cpu (default): for each of 1 device and one CPU device per core (`sid2.runtime`), two fresh processes with
+one new compilation cache: the first compiles cold, the second reads the cache. Each times --steps jitted
+train steps of the default config on uint8 batches put on the devices every step (as the trainer does) and
+reports steps/s, images/s, cores used (process CPU time / wall over the timed steps), compile seconds (cold
+and cached) and the fraction of the f32 matmul peak measured in the parent process. Time it on a quiet
+machine: its ratios are the point.
+
+accelerator: on whatever backend jax finds, for imagenet128_small, imagenet256_small and imagenet512_small
+(--configs) at a per-chip batch that fits (--per_chip_batch, halved on out-of-memory): per-chip images/s,
+achieved TFLOP/s (2 flops per multiply-add, the vendors' convention, from `sid2.flops`; XLA's own cost
+analysis beside it) and MFU against the chip's published dense bf16 peak (`PEAK_TFLOPS`; unknown chips say
+so), plus the config's sampler (DDPM, 512 steps, guidance on its logSNR interval) in images/s on one chip.
+--smoke: the same code path in seconds on a CPU (models shrunk to a few channels, batch 1 per chip, 1 step,
+a 2-step sampler); its numbers mean nothing.
+
+models:
 FLOPs follow SiD2 B.3 (a multiply-add = 1 flop, a training step = 3x forward; `sid2.flops.uvit_gflops`). The
 peak is the best of several jitted float32 matmuls on the same machine in the same run, counted the same way
 (n^3 multiply-adds for an n x n by n x n product), so the ratio is unit-consistent. (Vendor peaks such as a
@@ -13,7 +30,7 @@ Models: `default` (configs/fashion_mnist.py), `large` (a transformer-dominated 3
 ImageNet paper config by file name, e.g. `imagenet128_small` (~1B parameters: for accelerators, with
 --batch_size). Peak RSS is the process's high-water mark after each model (so it only grows).
 
-One JSON per run (--json, default runs/benchmarks/train_<time>.json) with the machine, the matmul peak, per
+One JSON per run (--json, default runs/benchmarks/<suite>_<time>.json) with the machine, the matmul peak, per
 model images/s, achieved FLOP/s, fraction of peak, compile time and peak RSS, and the sampler measurement.
 """
 from sid2 import runtime  # first, before jax: one CPU device per core, persistent compile cache
@@ -33,11 +50,16 @@ FLAGS = flags.FLAGS
 
 def define_flags():
   """Command-line flags (defined only when run as a program, so other modules can import this one)."""
+  flags.DEFINE_enum('suite', 'cpu', ['cpu', 'models', 'accelerator', 'child'], 'What to measure (see the '
+                    'module docstring); child: one process of the cpu suite (internal).')
+  flags.DEFINE_list('configs', list(ACCELERATOR_CONFIGS), 'accelerator suite: paper configs to time.')
+  flags.DEFINE_integer('per_chip_batch', 32, 'accelerator suite: first per-chip batch tried (halved on OOM).')
+  flags.DEFINE_bool('smoke', False, 'accelerator suite: tiny models, batch 1, 1 step (a CPU test of the path).')
   flags.DEFINE_list('models', ['default', 'large'], 'Which models to time: default, large, or a paper config '
                     'name such as imagenet128_small.')
   flags.DEFINE_integer('steps', 10, 'Timed train steps per model (after one warm-up step).')
   flags.DEFINE_integer('batch_size', 0, 'Override the per-model batch size (0: keep).')
-  flags.DEFINE_string('json', '', 'Write the results as JSON here (default runs/benchmarks/train_<time>.json).')
+  flags.DEFINE_string('json', '', 'Write the results as JSON here (default runs/benchmarks/<suite>_<time>.json).')
   flags.DEFINE_alias('out', 'json')
   flags.DEFINE_string('sampler_model', 'default', 'Model (as in --models) whose sampler to time; empty: skip.')
   flags.DEFINE_integer('sampler_samples', 8, 'Images per sampler call.')
@@ -46,6 +68,13 @@ def define_flags():
 
 
 FLOP_CONVENTION = 'multiply-add = 1 flop (SiD2 B.3); train step = 3 x forward'
+ACCELERATOR_CONFIGS = ('imagenet128_small', 'imagenet256_small', 'imagenet512_small')
+# Published dense (no sparsity) bf16 peaks per chip in TFLOP/s, 2 flops per multiply-add (vendor data sheets:
+# NVIDIA H100/H200 SXM, A100; Google Cloud TPU v4, v5e, v5p, v6e (Trillium)). Keys are matched, in order,
+# against jax's device_kind (lower case).
+PEAK_TFLOPS = (('h200', 989.0), ('h100 pcie', 756.0), ('h100', 989.0), ('a100', 312.0),
+               ('tpu v5 lite', 197.0), ('tpu v5e', 197.0), ('tpu v5p', 459.0), ('tpu v5', 459.0),
+               ('tpu v6 lite', 918.0), ('tpu v6e', 918.0), ('tpu v4', 275.0))
 
 
 def peak_rss_mb():
@@ -186,15 +215,252 @@ def run(models, steps, sampler_model, sampler_samples, sampler_steps, sampler_re
   return results
 
 
+# ---------------------------------------------------------------------------------------------------------
+# The train step as the trainer runs it: uint8 batches put on the devices every step, scaled on device.
+
+def cpu_seconds():
+  """User + system CPU seconds of this process (all threads)."""
+  r = resource.getrusage(resource.RUSAGE_SELF)
+  return r.ru_utime + r.ru_stime
+
+
+def time_train_step(config, num_channels, steps, warmup=1):
+  """Compiles and times `steps` train steps of `config` (global batch config.batch_size over all devices).
+
+  Returns step_s, images/s, compile seconds (lower + compile of the step, from the persistent cache when
+  it holds the program), XLA's flop count of the compiled step, cores used over the timed steps and the loss.
+  """
+  import jax
+  import numpy as np
+  from sid2 import host_input, losses, runtime, schedules, trainer, train_step as ts
+  mesh = ts.make_mesh()
+  model = trainer.build_model(config, num_channels)
+  schedule = schedules.get_schedule(config.schedule, image_res=config.image_res)
+  optimizer, _ = ts.make_optimizer(config.optimizer, config.total_steps)
+  step_cfg = ts.StepConfig(ema_decay=config.ema_decay, num_classes=config.model.get('num_classes', 0),
+                           cond_drop_prob=config.cond_drop_prob, low_discrepancy=config.low_discrepancy)
+  step = ts.jit_train_step(host_input.scale_images_on_device(ts.make_train_step(
+      trainer.make_apply_fn(model), schedule, losses.get_loss(config.loss_type, schedule),
+      config.parametrization, optimizer, step_cfg)), mesh)
+  init = lambda r: ts.create_train_state(trainer.init_params(model, config, num_channels, r), optimizer, r)
+  state = jax.jit(init, out_shardings=ts.replicated(mesh))(jax.random.PRNGKey(0))
+  rng = np.random.default_rng(0)
+  res, b = config.image_res, config.batch_size
+  host = [dict(image=rng.integers(0, 256, (b, res, res, num_channels)).astype(np.uint8),
+               label=rng.integers(0, max(config.model.get('num_classes', 0), 1), (b,)).astype(np.int32))
+          for _ in range(2)]
+  batch = ts.global_batch(host[0], mesh)
+  before = runtime.compile_stats()
+  t = time.perf_counter()
+  compiled = step.lower(state, batch, None).compile()
+  compile_s = time.perf_counter() - t
+  after = runtime.compile_stats()
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  xla_flops = float((cost or {}).get('flops', float('nan')))
+  for i in range(warmup):
+    state, m = compiled(state, ts.global_batch(host[i % 2], mesh), None)
+  jax.block_until_ready(m)
+  t, c = time.perf_counter(), cpu_seconds()
+  for i in range(steps):
+    state, m = compiled(state, ts.global_batch(host[i % 2], mesh), None)
+  jax.block_until_ready(m)
+  wall, cpu = time.perf_counter() - t, cpu_seconds() - c
+  return dict(batch_size=b, devices=jax.device_count(), step_s=wall / steps, steps_per_s=steps / wall,
+              images_per_s=b * steps / wall, compile_s=compile_s,
+              cache_hit=after['cache_hits'] > before['cache_hits'], xla_flops_per_step=xla_flops,
+              cores_used=cpu / wall, loss=float(m['loss']), steps=steps,
+              params_m=sum(x.size for x in jax.tree.leaves(state.params)) / 1e6)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# cpu suite: parent + child processes.
+
+def child_env(environ=None):
+  """The environment of a child process: the CPU, and the device count left to --cpu_devices."""
+  from sid2 import runtime
+  env = dict(os.environ if environ is None else environ)
+  for k in ('JAX_NUM_CPU_DEVICES', 'JAX_COMPILATION_CACHE_DIR', runtime.DEVICES_ENV, runtime.CACHE_ENV,
+            runtime.FORCED_ENV):
+    env.pop(k, None)
+  env['XLA_FLAGS'] = ' '.join(f for f in env.get('XLA_FLAGS', '').split() if runtime.FORCE_FLAG not in f)
+  env['JAX_PLATFORMS'] = 'cpu'
+  return env
+
+
+def run_child(devices, cache_dir, model, steps, json_path):
+  import subprocess
+  import sys
+  cmd = [sys.executable, '-m', 'experiments.benchmark', '--suite=child', f'--cpu_devices={devices}',
+         f'--compilation_cache={cache_dir}', f'--models={model}', f'--steps={steps}', f'--json={json_path}']
+  proc = subprocess.run(cmd, env=child_env(), capture_output=True, text=True)
+  if proc.returncode:
+    raise RuntimeError(f'benchmark child ({devices} devices) failed:\n{proc.stderr[-3000:]}')
+  with open(json_path) as f:
+    return json.load(f)
+
+
+def child_main(model, steps, json_path):
+  import jax
+  from sid2 import flops
+  config, channels = get_model_config(model)
+  if config.batch_size % jax.device_count():
+    raise ValueError(f'batch_size {config.batch_size} of {model!r} is not divisible by {jax.device_count()} '
+                     'devices; choose --cpu_devices=N accordingly')
+  r = time_train_step(config, channels, steps)
+  fwd = flops.uvit_gflops(config.model, config.image_res, num_channels=channels)
+  r.update(model=model, forward_gflops_per_image=fwd, device_kind=jax.devices()[0].device_kind,
+           achieved_gflops_per_s=flops.train_gflops(fwd) * r['images_per_s'])
+  with open(json_path, 'w') as f:
+    json.dump(r, f, indent=1)
+
+
+def run_cpu_suite(model, steps, log=print):
+  """1 device vs one per core, each cold then cached (module docstring)."""
+  import tempfile
+  from sid2 import runtime
+  cores = runtime.core_count()
+  peak = matmul_peak()
+  out = dict(machine=machine_info(), cores=cores, matmul_peak_gflops_per_s=peak / 1e9,
+             flop_convention=FLOP_CONVENTION, model=model, runs=[])
+  log(f'f32 matmul peak {peak / 1e9:.1f} G multiply-adds/s; {cores} cores; load average '
+      f'{os.getloadavg()[0]:.1f} (time this on a quiet machine)')
+  with tempfile.TemporaryDirectory() as tmp:
+    for devices in sorted({1, cores}):
+      cache = os.path.join(tmp, f'cache_{devices}')
+      cold = run_child(devices, cache, model, steps, os.path.join(tmp, f'{devices}_cold.json'))
+      cached = run_child(devices, cache, model, steps, os.path.join(tmp, f'{devices}_cached.json'))
+      r = dict(devices=devices, steps_per_s=max(cold['steps_per_s'], cached['steps_per_s']),
+               images_per_s=max(cold['images_per_s'], cached['images_per_s']),
+               cores_used=cached['cores_used'], compile_cold_s=cold['compile_s'],
+               compile_cached_s=cached['compile_s'], cached_run_hit_cache=cached['cache_hit'],
+               achieved_gflops_per_s=max(cold['achieved_gflops_per_s'], cached['achieved_gflops_per_s']),
+               loss_cold=cold['loss'], loss_cached=cached['loss'], batch_size=cold['batch_size'])
+      r['fraction_of_matmul_peak'] = r['achieved_gflops_per_s'] * 1e9 / peak
+      out['runs'].append(r)
+      log(f'{devices:3d} device(s): {r["steps_per_s"]:.2f} steps/s ({r["images_per_s"]:.0f} images/s, batch '
+          f'{r["batch_size"]}), cores used {r["cores_used"]:.2f}/{cores}, compile cold {r["compile_cold_s"]:.1f}s '
+          f'cached {r["compile_cached_s"]:.1f}s (hit: {r["cached_run_hit_cache"]}), '
+          f'{100 * r["fraction_of_matmul_peak"]:.0f}% of the matmul peak')
+  if len(out['runs']) == 2:
+    out['speedup'] = out['runs'][1]['steps_per_s'] / out['runs'][0]['steps_per_s']
+    log(f'one device per core vs one device: {out["speedup"]:.2f}x steps/s')
+  return out
+
+
+# ---------------------------------------------------------------------------------------------------------
+# accelerator suite.
+
+def peak_tflops(device_kind):
+  """(published dense bf16 TFLOP/s, matched key) for a jax device_kind, or (None, None) if unknown."""
+  kind = str(device_kind).lower()
+  for key, value in PEAK_TFLOPS:
+    if key in kind:
+      return value, key
+  return None, None
+
+
+def smoke_model(config):
+  """The config with its U-ViT shrunk to a few channels and one block per level (same levels, patching)."""
+  m = config.model
+  n = len(m.channels)
+  m.channels = tuple(8 * (i + 1) for i in range(n))
+  m.enc_blocks, m.dec_blocks = (1,) * n, (1,) * n
+  m.transformer_channels, m.transformer_blocks, m.num_heads, m.emb_channels = 32, 1, 2, 32
+  return config
+
+
+def time_sampler(config, num_samples, num_channels=3):
+  """Seconds of one call of the config's sampler (after a compiling call) on the first device."""
+  import jax
+  import jax.numpy as jnp
+  from sid2 import trainer
+  model = trainer.build_model(config, num_channels)
+  params = jax.jit(lambda r: trainer.init_params(model, config, num_channels, r))(jax.random.PRNGKey(0))
+  sample = trainer.make_sample_fn(model, config, num_samples, num_channels)
+  labels = jnp.arange(num_samples, dtype=jnp.int32) % max(config.model.get('num_classes', 0), 1)
+  args = trainer.guidance_args(config)
+  sample(params, jax.random.PRNGKey(1), labels, *args).block_until_ready()
+  t = time.perf_counter()
+  sample(params, jax.random.PRNGKey(2), labels, *args).block_until_ready()
+  return time.perf_counter() - t
+
+
+def _is_oom(e):
+  return 'RESOURCE_EXHAUSTED' in str(e) or 'out of memory' in str(e).lower()
+
+
+def run_accelerator_suite(names, per_chip_batch, steps, smoke=False, log=print):
+  """The accelerator suite of the module docstring; returns the JSON-able dict."""
+  import jax
+  from sid2 import flops
+  dev = jax.devices()[0]
+  peak, key = peak_tflops(dev.device_kind)
+  n_dev = jax.device_count()
+  out = dict(machine=machine_info(), device_kind=dev.device_kind, chips=n_dev, peak_bf16_tflops=peak,
+             peak_source=key or f'unknown chip {dev.device_kind!r}: no published peak in PEAK_TFLOPS',
+             smoke=smoke, flop_convention='2 flops per multiply-add (vendor peaks); sid2.flops x 2',
+             configs=[])
+  log(f'{n_dev} x {dev.device_kind} ({jax.default_backend()}); bf16 peak per chip: '
+      f'{f"{peak:.0f} TFLOP/s" if peak else "unknown (MFU not computed)"}' + ('  [SMOKE: numbers mean nothing]'
+                                                                              if smoke else ''))
+  for name in names:
+    config, channels = get_model_config(name)
+    if smoke:
+      smoke_model(config)
+    b = 1 if smoke else per_chip_batch
+    while True:
+      config.batch_size = b * n_dev
+      try:
+        r = time_train_step(config, channels, 1 if smoke else steps)
+        break
+      except Exception as e:  # pylint: disable=broad-except
+        if not _is_oom(e) or b == 1:
+          raise
+        log(f'{name}: per-chip batch {b} does not fit; trying {b // 2}')
+        b //= 2
+    macs = flops.train_gflops(flops.uvit_gflops(config.model, config.image_res, num_channels=channels))
+    tflops = 2 * macs * r['images_per_s'] / n_dev / 1e3
+    xla_tflops = r['xla_flops_per_step'] / r['step_s'] / 1e12  # the compiled (per-device) program's flops
+    row = dict(config=name, per_chip_batch=b, images_per_s_per_chip=r['images_per_s'] / n_dev,
+               step_s=r['step_s'], tflops_per_chip=tflops, xla_tflops_per_chip=xla_tflops,
+               mfu=tflops / peak if peak else None, compile_s=r['compile_s'], params_m=r['params_m'],
+               dtype=config.model.dtype, train_gmacs_per_image=macs)
+    num_samples = 1 if smoke else b
+    if smoke:
+      config.sampler.num_steps = 2
+    t = time_sampler(config, num_samples, channels)
+    row.update(sampler=f'{config.sampler.name} {config.sampler.num_steps} steps, guidance '
+                       f'{config.sampler.guidance} on {tuple(config.sampler.guidance_interval)}',
+               sampler_batch=num_samples, sampler_images_per_s=num_samples / t)
+    out['configs'].append(row)
+    mfu = f'{100 * row["mfu"]:.1f}%' if row['mfu'] is not None else 'unknown peak'
+    log(f'{name:18s} batch/chip {b:3d}  {row["images_per_s_per_chip"]:8.2f} img/s/chip  '
+        f'{tflops:7.2f} TFLOP/s/chip (XLA {xla_tflops:7.2f})  MFU {mfu}  compile {r["compile_s"]:.0f}s  '
+        f'sampler {row["sampler_images_per_s"]:.3f} img/s ({row["sampler"]})')
+  return out
+
+
 def main(argv):
   del argv
-  for name in ('steps', 'sampler_samples', 'sampler_steps', 'sampler_repeats'):
+  for name in ('steps', 'sampler_samples', 'sampler_steps', 'sampler_repeats', 'per_chip_batch'):
     if FLAGS[name].value < 1:
       raise ValueError(f'--{name} must be a positive integer; got {FLAGS[name].value}')
-  results = run(FLAGS.models, FLAGS.steps, FLAGS.sampler_model, FLAGS.sampler_samples, FLAGS.sampler_steps,
-                FLAGS.sampler_repeats, FLAGS.batch_size)
+  if FLAGS.suite == 'child':
+    child_main(FLAGS.models[0], FLAGS.steps, FLAGS.json)
+    return
+  if FLAGS.suite == 'cpu':
+    results = run_cpu_suite(FLAGS.models[0] if FLAGS['models'].present else 'default', FLAGS.steps)
+  elif FLAGS.suite == 'accelerator':
+    for name in FLAGS.configs:
+      get_model_config(name)  # a bad name fails before any compile
+    results = run_accelerator_suite(FLAGS.configs, FLAGS.per_chip_batch, FLAGS.steps, FLAGS.smoke)
+  else:
+    results = run(FLAGS.models, FLAGS.steps, FLAGS.sampler_model, FLAGS.sampler_samples, FLAGS.sampler_steps,
+                  FLAGS.sampler_repeats, FLAGS.batch_size)
   print(json.dumps(results, indent=1))
-  path = FLAGS.json or os.path.join('runs', 'benchmarks', f'train_{time.strftime("%Y%m%d_%H%M%S")}.json')
+  stamp = time.strftime('%Y%m%d_%H%M%S')
+  path = FLAGS.json or os.path.join('runs', 'benchmarks', f'{FLAGS.suite}_{stamp}.json')
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   with open(path, 'w') as f:
     json.dump(results, f, indent=1)

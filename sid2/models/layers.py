@@ -127,6 +127,9 @@ class MultiHeadAttention(nn.Module):
       out = jnp.einsum('bnqk,bknd->bqnd', weights, v)
     else:
       impl = None if self.implementation == 'auto' else self.implementation
+      if impl == 'cudnn' and jax.default_backend() != 'gpu':
+        raise ValueError(f"model.attention='cudnn' needs a CUDA GPU (cuDNN flash attention); the backend is "
+                         f"{jax.default_backend()!r}: use 'xla' or 'auto'")
       out = jax.nn.dot_product_attention(q, k, v, implementation=impl)
     return nn.DenseGeneral(c, axis=(-2, -1), kernel_init=nn.initializers.zeros, name='out', **kw)(out)
 
