@@ -25,7 +25,8 @@ TOP_LEVEL = {
 }
 OPTIONAL_TOP_LEVEL = {'distill': ml_collections.ConfigDict, 'teacher_workdir': str, 'description': str,
                       'num_channels': int, 'mesh': ml_collections.ConfigDict,
-                      'num_frames': int}  # num_frames: frames per example, video models only
+                      'num_frames': int,  # num_frames: frames per example, video models only
+                      'prefetch_batches': int}  # batches read ahead on a thread (sid2.host_input), 0: none
 OPTIMIZER = {'name': str, 'learning_rate': float, 'beta1': float, 'beta2': float, 'eps': float,
              'weight_decay': float, 'warmup_steps': int, 'grad_clip': float, 'decay': str,
              'end_factor': float}
@@ -71,6 +72,9 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int = 1):
   if config.batch_size % num_devices:
     raise ValueError(f'config field batch_size={config.batch_size} must be divisible by the number of '
                      f'devices ({num_devices}){runtime.device_count_hint(num_devices)}')
+  if config.get('prefetch_batches', 0) < 0:
+    raise ValueError(f'config field prefetch_batches must be >= 0 (0: no prefetch thread); '
+                     f'got {config.prefetch_batches}')
   if 'mesh' in config:  # sizes (data * fsdp = devices), rules and min_shard_size (sid2.sharding)
     sharding.resolve_mesh_config(config.mesh, num_devices)
   if not 0.0 <= config.ema_decay < 1.0:

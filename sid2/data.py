@@ -147,17 +147,22 @@ def _check_fashion_res(image_res: int) -> None:
                      f'fashion_mnist; got {image_res}')
 
 
-def fit_fashion_resolution(images: np.ndarray, image_res: int) -> np.ndarray:
+def fit_fashion_resolution(images: np.ndarray, image_res: int, uint8: bool = False) -> np.ndarray:
   """uint8 [n, 28, 28] -> float32 [n, r, r, 1] in [-1, 1].
 
   Pads with the background value 0 (-1 after scaling) to r if 28 <= r <= 32, else to 32 and then repeats
   pixels (r = 32 m) or box-averages (r = 32 / m); both keep the range [-1, 1].
+  uint8: return the padded / repeated uint8 pixels instead (`scale_uint8` of them is the float result, which
+  `sid2.host_input` computes on device); box-averaged resolutions are not 8-bit values and stay float32.
   """
   _check_fashion_res(image_res)
   target = image_res if image_res <= 32 and image_res >= FASHION_MNIST_RES else 32
   extra = target - images.shape[1]
   lo = extra // 2
   padded = np.pad(images, ((0, 0), (lo, extra - lo), (lo, extra - lo)))
+  if uint8 and image_res >= target:
+    m = image_res // target
+    return np.repeat(np.repeat(padded, m, axis=1), m, axis=2)[..., None]
   x = scale_uint8(padded)[..., None]
   if image_res > target:
     m = image_res // target
@@ -288,10 +293,12 @@ def _import_tf():
   return tf
 
 
-def resize_and_center_crop(image, image_res: int):
+def resize_and_center_crop(image, image_res: int, uint8: bool = False):
   """uint8 [h, w, c] -> float32 [r, r, c] in [-1, 1]: shorter side to r (bilinear, antialiased), center crop.
 
   An image that is already r x r passes through unresampled, so its values stay exact multiples of 1/127.5.
+  uint8: the same pixels as uint8 for scaling on device (`sid2.host_input`): exact for an r x r image,
+  resampled ones rounded to the nearest 8-bit value (within 0.5 / 127.5 of the float32 result).
   """
   tf = _import_tf()
   shape = tf.shape(image)
@@ -309,6 +316,8 @@ def resize_and_center_crop(image, image_res: int):
   left = (new_w - image_res) // 2
   x = x[top:top + image_res, left:left + image_res]
   x = tf.ensure_shape(x, [image_res, image_res, image.shape[-1]])
+  if uint8:
+    return tf.cast(tf.round(tf.clip_by_value(x, 0.0, 255.0)), tf.uint8)
   return tf.clip_by_value(x / 127.5 - 1.0, -1.0, 1.0)
 
 
@@ -342,8 +351,9 @@ class TfdsDataset:
 
   def __init__(self, name: str, *, split: str, data_dir: Optional[str], shuffle_buffer: int,
                image_key: str, label_key: str, image_res: int, global_batch_size: int, seed: int,
-               process_index: int, process_count: int):
+               process_index: int, process_count: int, uint8_images: bool = False):
     self._tf = _import_tf()
+    self.uint8_images = bool(uint8_images)  # batches of uint8 pixels (scaled on device), not float32
     import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
     self._builder = _tfds_builder(name, data_dir)
     self.name = name
@@ -386,13 +396,14 @@ class TfdsDataset:
     self._next_step = 0
     self._position_fixed = False
 
-  def _decode(self, example):
-    """Encoded example -> dict(image float32 [r, r, c] in [-1, 1], label int32)."""
+  def _decode(self, example, uint8=None):
+    """Encoded example -> dict(image float32 [r, r, c] in [-1, 1] (uint8 with uint8_images), label int32)."""
     tf = self._tf
     image = self._image_feature.decode_example(example[self._image_key])
     label = (tf.cast(example[self._label_key], tf.int32) if self._label_key
              else tf.constant(0, tf.int32))
-    return dict(image=resize_and_center_crop(image, self.image_res), label=label)
+    uint8 = self.uint8_images if uint8 is None else uint8
+    return dict(image=resize_and_center_crop(image, self.image_res, uint8), label=label)
 
   def _epoch(self, epoch):
     """One pass over this process's records, shuffled with a seed derived from (seed, epoch)."""
@@ -450,7 +461,7 @@ class TfdsDataset:
     n = int(records.cardinality().numpy())
     if 0 <= n < num:
       raise ValueError(f'num={num} eval images requested but dataset.split {split!r} holds {n}')
-    ds = records.take(num).map(self._decode).batch(num)
+    ds = records.take(num).map(lambda e: self._decode(e, uint8=False)).batch(num)
     out = next(ds.as_numpy_iterator())['image']
     if out.shape[0] != num:
       raise ValueError(f'num={num} eval images requested but dataset.split {split!r} holds {out.shape[0]}')
@@ -491,13 +502,16 @@ def register_dataset(prefix: str, builder) -> None:
 
 
 def get_dataset(dataset_config, *, image_res: int, global_batch_size: int, seed: int,
-                process_index: Optional[int] = None, process_count: Optional[int] = None):
+                process_index: Optional[int] = None, process_count: Optional[int] = None,
+                uint8_images: bool = False):
   """Builds the training input pipeline (see the module docstring).
 
   dataset_config fields: `name` ('fashion_mnist' or a tfds name), `split` ('train'), `data_dir` (None: the
   default location), `shuffle_buffer` (tfds only, default 10000), `image_key`/`label_key` (tfds only,
   default 'image'/'label'). Returns an object with `num_classes` (0 if unlabeled), `num_channels`,
   `per_process_batch_size`, `num_examples`, `next_batch(step)`, `get_state()` and `set_state(state)`.
+  uint8_images: Fashion-MNIST and tfds batches carry uint8 pixels where they are 8-bit values, to be scaled
+  on device by `sid2.host_input.uint8_to_unit` (the trainer does); registered datasets ignore it.
   """
   name = _cfg_get(dataset_config, 'name', 'fashion_mnist')
   if not isinstance(name, str) or not name:
@@ -517,7 +531,7 @@ def get_dataset(dataset_config, *, image_res: int, global_batch_size: int, seed:
     images, labels = load_fashion_mnist(data_dir, split)
     return InMemoryDataset(
         images, labels, num_classes=FASHION_MNIST_CLASSES, num_channels=1,
-        transform=functools.partial(fit_fashion_resolution, image_res=image_res),
+        transform=functools.partial(fit_fashion_resolution, image_res=image_res, uint8=uint8_images),
         global_batch_size=global_batch_size, seed=seed, process_index=process_index,
         process_count=process_count)
   shuffle_buffer = _as_int(_cfg_get(dataset_config, 'shuffle_buffer', DEFAULT_SHUFFLE_BUFFER),
@@ -527,7 +541,7 @@ def get_dataset(dataset_config, *, image_res: int, global_batch_size: int, seed:
       image_key=_cfg_get(dataset_config, 'image_key', 'image'),
       label_key=_cfg_get(dataset_config, 'label_key', 'label'), image_res=image_res,
       global_batch_size=global_batch_size, seed=seed, process_index=process_index,
-      process_count=process_count)
+      process_count=process_count, uint8_images=uint8_images)
 
 
 def load_eval_images(dataset_config, image_res: int, num: int) -> np.ndarray:

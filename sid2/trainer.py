@@ -28,6 +28,7 @@ from sid2 import checkpoint as ckpt_lib
 from sid2 import config_lib
 from sid2 import data as data_lib
 from sid2 import guidance as guidance_lib
+from sid2 import host_input
 from sid2 import losses
 from sid2 import models
 from sid2 import parametrization as param_lib
@@ -212,7 +213,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, stop_
   mesh = sharding_lib.make_mesh(config.get('mesh', None))  # without config.mesh: the 1-D `data` mesh
   ds = data_lib.get_dataset(config.dataset, image_res=config.image_res, global_batch_size=config.batch_size,
                             seed=config.seed, process_index=jax.process_index(),
-                            process_count=jax.process_count())
+                            process_count=jax.process_count(), uint8_images=True)  # scaled on device
   if is_main:
     saved = ml_collections.ConfigDict(config.to_dict())
     saved.num_channels = ds.num_channels  # so a workdir restores without its dataset
@@ -234,9 +235,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, stop_
   # exists whole), and checkpoints restore into the same layout (`abstract_like` keeps the shardings).
   state_sharding = sharding_lib.state_shardings(jax.eval_shape(init_state, init_rng), mesh,
                                                 config.get('mesh', None))
-  train_step = ts.jit_train_step(
+  train_step = ts.jit_train_step(host_input.scale_images_on_device(
       ts.make_train_step(aux_apply_fn or make_apply_fn(model), schedule, loss_fn, config.parametrization,
-                         optimizer, step_cfg, aux_loss_fn), mesh, state_sharding=state_sharding)
+                         optimizer, step_cfg, aux_loss_fn)), mesh, state_sharding=state_sharding)
   frozen = jax.device_put(frozen, ts.replicated(mesh)) if frozen is not None else None
   state = jax.jit(init_state, out_shardings=state_sharding)(init_rng)
   num_params = sum(x.size for x in jax.tree.leaves(state.params))
@@ -275,16 +276,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, stop_
       save_image_grid(images, os.path.join(workdir, 'samples', f'step_{step}.png'))
       writer.write_images(step, {'samples': image_grid(images)[None]})
 
+  position = dict(data=ds.get_state())  # the dataset position after the last batch the loop took
+
   def save(step):
-    ckpt.save(step, state, ds.get_state())
+    ckpt.save(step, state, position['data'])
 
   acc = None
   last_time, last_step, t0 = time.time(), start_step, time.time()
   pending = None  # metrics of the previous step, read one step late so the host never stalls the device
   end_step = config.total_steps if stop_after is None else min(config.total_steps, start_step + stop_after)
-  with _Preemption() as preempt:
+  # The next batches are read and copied to the devices on a thread while the step runs (sid2.host_input).
+  fetch = lambda s: (ts.global_batch(ds.next_batch(s), mesh), ds.get_state())
+  with _Preemption() as preempt, host_input.Prefetcher(fetch, start_step, end_step,
+                                                       config.get('prefetch_batches', 2)) as prefetch:
     for step in range(start_step, end_step):
-      batch = ts.global_batch(ds.next_batch(step), mesh)
+      batch, position['data'] = prefetch.get(step)
       state, metrics = train_step(state, batch, frozen)
       if pending is not None:
         acc = _absorb(acc, *pending, config.max_nonfinite_streak, ckpt)

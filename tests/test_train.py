@@ -156,7 +156,7 @@ def test_nonfinite_updates_are_skipped_then_stop(tmp_path, monkeypatch):
 
     def next_batch(step):
       b = dict(orig(step))
-      b['image'] = np.full_like(b['image'], np.nan)
+      b['image'] = np.full(b['image'].shape, np.nan, np.float32)  # (uint8 pixels cannot hold a NaN)
       return b
     ds.next_batch = next_batch
     return ds
