@@ -38,7 +38,8 @@ def test_device_plan():
 
 def test_cache_plan_and_flags():
   assert runtime.plan_cache(None, dict(XDG_CACHE_HOME='/x')) == ('/x/sid2/jax_cache', 'default')
-  assert runtime.plan_cache('off', {})[0] is None and runtime.plan_cache(None, dict(SID2_COMPILATION_CACHE='0'))[0] is None
+  assert runtime.plan_cache('off', {})[0] is None
+  assert runtime.plan_cache(None, dict(SID2_COMPILATION_CACHE='0'))[0] is None
   assert runtime.plan_cache('/tmp/c', dict(JAX_COMPILATION_CACHE_DIR='/y')) == ('/tmp/c', 'requested')
   assert runtime.plan_cache(None, dict(JAX_COMPILATION_CACHE_DIR='/y'))[0] is None  # jax reads the user's
   argv = ['prog', '--cpu_devices=2', '--workdir', 'w', '--compilation_cache', 'off', '--x=1']
