@@ -1,7 +1,7 @@
 """Trains the small KL autoencoder (spectral.autoencoder, f = 4: 32x32x1 -> 8x8x4) on Fashion-MNIST and
 encodes the train and test splits to a `latents:<dir>` dataset (issue 12; Spectral Diffusion's LDM setting).
 
-  python -m experiments.train_autoencoder --out runs/ae_fmnist [--steps 1500]
+  python -m experiments.train_autoencoder --out runs/ae_fmnist [--steps 1000]
 
 Writes <out>/autoencoder.safetensors (+ .json: config, step, sha256, held-out reconstruction MSE and that of
 the trivial baseline, a 4x4 block average upsampled back) and <out>/latents/{train,test}.safetensors with
@@ -20,7 +20,7 @@ import numpy as np
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string('out', None, 'Output folder.')
-flags.DEFINE_integer('steps', 1500, 'Adam steps.')
+flags.DEFINE_integer('steps', 1000, 'Adam steps.')
 flags.DEFINE_integer('batch_size', 64, 'Batch size.')
 flags.DEFINE_float('learning_rate', 2e-3, 'Peak learning rate (warmup, cosine decay).')
 flags.DEFINE_float('kl_weight', 1e-3, 'β of the KL term (per latent element, against the per-pixel MSE).')
@@ -37,7 +37,7 @@ def block_average_baseline(images, factor=4):
   return np.repeat(np.repeat(small, factor, axis=1), factor, axis=2)
 
 
-def run(out, *, steps=1500, batch_size=64, learning_rate=2e-3, kl_weight=1e-3, seed=0, num_train=60000,
+def run(out, *, steps=1000, batch_size=64, learning_rate=2e-3, kl_weight=1e-3, seed=0, num_train=60000,
         num_test=10000, data_dir=None, fields=None, log=print, images=None):
   """Trains, writes the weights and the latents; returns the sidecar dict. `images` = (train x, train labels,
   test x, test labels) overrides Fashion-MNIST (tests)."""

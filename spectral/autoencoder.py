@@ -25,7 +25,7 @@ import numpy as np
 from spectral import layers
 
 FORMAT = 'spectral-kl-autoencoder-v1'
-AE_DEFAULTS = dict(channels=(32, 64), latent_channels=4, kl_weight=1e-3, image_channels=1)
+AE_DEFAULTS = dict(channels=(16, 32), latent_channels=4, kl_weight=1e-3, image_channels=1)
 
 
 def resolve_ae_config(cfg):
