@@ -46,13 +46,16 @@ DISTILLED = ('wg_distill', 'positive', 'wg_distill_raw')
 
 # steps: training steps per run; batch; fd_n: samples for FD / P-R; sample_steps: DDIM steps; hf_n: held-out
 # images for the ε-MSE split; seeds; ae_steps / ae_train: autoencoder training. 'default' is sized for about
-# two hours of this 2-core machine alone (README: issue 12), 'small' for a preliminary single-seed pass.
+# two hours of a 2-core machine alone (estimate: the pixel teacher's train step costs 0.64 CPU-s at batch 64,
+# the other arms scale with their MACs; sampling 2000 x 20 guided DDIM steps per run is ~1/3 of the total);
+# `--steps 2000` matches the README's first-readings runs (about 2.5x the training time). 'small' is a
+# preliminary single-seed pass (about 40 minutes).
 SIZES = {
     'smoke': dict(steps=3, batch=8, fd_n=16, sample_steps=2, hf_n=16, seeds=(0,), ae_steps=3, ae_train=256,
                   arms=('teacher', 'wg_distill'), tiny=True, ae_channels=(8, 8)),
     'small': dict(steps=600, batch=64, fd_n=1000, sample_steps=25, hf_n=500, seeds=(0,), ae_steps=1000,
                   ae_train=60000, arms=MAIN_ARMS),
-    'default': dict(steps=1500, batch=64, fd_n=2000, sample_steps=25, hf_n=1000, seeds=(0, 1, 2),
+    'default': dict(steps=800, batch=64, fd_n=2000, sample_steps=20, hf_n=1000, seeds=(0, 1, 2),
                     ae_steps=1000, ae_train=60000, arms=MAIN_ARMS),
 }
 
