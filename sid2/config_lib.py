@@ -31,7 +31,8 @@ OPTIMIZER = {'name': str, 'learning_rate': float, 'beta1': float, 'beta2': float
              'weight_decay': float, 'warmup_steps': int, 'grad_clip': float, 'decay': str,
              'end_factor': float}
 DATASET = {'name': str, 'split': str, 'data_dir': str, 'shuffle_buffer': int, 'num_classes': int,
-           'num_frames': int, 'num_channels': int}  # the last two: video datasets (sid2.video_data)
+           'num_frames': int, 'num_channels': int,  # these two: video datasets (sid2.video_data)
+           'autoencoder_sha256': str}  # latents datasets: the autoencoder that must have made them
 SAMPLER = {'name': str, 'num_steps': int, 'clip_x': str, 'logvar_type': str, 'eta': float,
            'guidance': float, 'guidance_interval': tuple, 'num_samples': int}
 

@@ -3,7 +3,9 @@
 L = L_diffusion + λ_s L_spatial + λ_f L_freq over taps P ⊆ {output, feat-up1, feat-up2, feat-down4}:
   L_spatial = Σ_i mean |F_T^(i) - Π_i F_S^(i)|²,
   L_freq    = Σ_i mean_{u,v,c} w_i(u,v) |𝓕F_T^(i) - 𝓕Π_iF_S^(i)|²,   𝓕 = 2-D DFT over space, norm='ortho',
-  w_i       = (mean_c |𝓕 resize(x₀ -> H_i x W_i)| + δ)^α, α = -1, δ = 1e-3, stop-gradient.
+  w_i       = (mean_c |𝓕 resize(x₀ -> H_i x W_i)| + δ)^α, α = -1, δ = 1e-3, stop-gradient,
+              then (SPEC §13 amendment, `weight_norm='mean'`) divided by its mean over (u, v) per example, so
+              λ_f means the same at every tap, resolution and in pixel or latent space ('none': unnormalised).
 The teacher is frozen (its EMA parameters come in as the train step's `frozen` pytree and its forward runs
 under stop_gradient inside the same jitted step). The student's Π_i are its own parameters (`proj_taps`).
 
@@ -12,6 +14,7 @@ under stop_gradient inside the same jitted step). The student's Π_i are its own
 from __future__ import annotations
 
 import json
+import logging
 import os
 
 import jax
@@ -31,7 +34,11 @@ DISTILL_DEFAULTS = dict(
     lambda_freq=0.1,
     alpha=-1.0,                   # SPEC §13.
     delta=1e-3,                   # SPEC §13 (ours).
+    weight_norm='mean',           # SPEC §13 amendment: w_i / mean_{u,v} w_i per example ('none': the raw w_i).
+    teacher_step=0,               # the teacher checkpoint to restore (0: the newest that restores).
+    teacher_sha256='',            # sha256 of the teacher's EMA params (sid2.export.params_sha256); '' = unchecked.
 )
+WEIGHT_NORMS = ('mean', 'none')
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -49,10 +56,16 @@ def dft2(x):
   return jnp.fft.fft2(x.astype(jnp.float32), axes=(1, 2), norm='ortho')
 
 
-def frequency_weights(x0, height, width, alpha=-1.0, delta=1e-3):
-  """w(u,v) = (mean_c |𝓕 resize(x₀)|(u,v) + δ)^α, [B,height,width,1], stop-gradient (SPEC §13)."""
+def frequency_weights(x0, height, width, alpha=-1.0, delta=1e-3, norm='none'):
+  """w(u,v) = (mean_c |𝓕 resize(x₀)|(u,v) + δ)^α, [B,height,width,1], stop-gradient (SPEC §13); with
+  norm='mean' divided by its mean over (u, v) per example (SPEC §13 amendment: mean 1 at every tap)."""
+  if norm not in WEIGHT_NORMS:
+    raise ValueError(f'frequency weight norm must be one of {WEIGHT_NORMS}; got {norm!r}')
   mag = jnp.mean(jnp.abs(dft2(resize_to(x0, height, width))), axis=-1, keepdims=True)
-  return jax.lax.stop_gradient((mag + delta) ** alpha)
+  w = (mag + delta) ** alpha
+  if norm == 'mean':
+    w = w / jnp.mean(w, axis=(1, 2), keepdims=True)
+  return jax.lax.stop_gradient(w)
 
 
 def spatial_loss(teacher, student):
@@ -66,7 +79,7 @@ def frequency_loss(teacher, student, weights):
   return jnp.mean(weights * (jnp.square(diff.real) + jnp.square(diff.imag)), axis=(1, 2, 3))
 
 
-def distill_losses(teacher_features, student_features, x0, taps, alpha=-1.0, delta=1e-3):
+def distill_losses(teacher_features, student_features, x0, taps, alpha=-1.0, delta=1e-3, norm='none'):
   """{tap: (L_spatial [B], L_freq [B])} for each tap; the teacher's features are stop-gradient (SPEC §13)."""
   out = {}
   for tap in taps:
@@ -75,7 +88,7 @@ def distill_losses(teacher_features, student_features, x0, taps, alpha=-1.0, del
     if t.shape != s.shape:
       raise ValueError(f'distillation tap {tap!r}: teacher feature {t.shape} and projected student feature '
                        f'{s.shape} differ')
-    w = frequency_weights(x0, t.shape[1], t.shape[2], alpha, delta)
+    w = frequency_weights(x0, t.shape[1], t.shape[2], alpha, delta, norm)
     out[tap] = (spatial_loss(t, s), frequency_loss(t, s, w))
   return out
 
@@ -122,6 +135,14 @@ def resolve_distill_config(distill):
       raise ValueError(f'config field distill.{k} must be >= 0, got {f[k]}')
   if f['delta'] <= 0:
     raise ValueError(f'config field distill.delta must be > 0, got {f["delta"]}')
+  if f['weight_norm'] not in WEIGHT_NORMS:
+    raise ValueError(f'config field distill.weight_norm must be one of {WEIGHT_NORMS}, got {f["weight_norm"]!r}')
+  if isinstance(f['teacher_step'], bool) or not isinstance(f['teacher_step'], int) or f['teacher_step'] < 0:
+    raise ValueError(f'config field distill.teacher_step must be an int >= 0 (0: newest), got '
+                     f'{f["teacher_step"]!r}')
+  sha = f['teacher_sha256']
+  if not isinstance(sha, str) or (sha and (len(sha) != 64 or any(ch not in '0123456789abcdef' for ch in sha))):
+    raise ValueError(f"config field distill.teacher_sha256 must be '' or 64 lowercase hex digits, got {sha!r}")
   return f
 
 
@@ -138,8 +159,8 @@ def read_workdir_config(workdir):
     return ml_collections.ConfigDict(json.load(f))
 
 
-def restore_ema_params(workdir, config, model, num_channels):
-  """(step, EMA params) of the newest good checkpoint in `<workdir>/checkpoints` (sid2.checkpoint).
+def restore_ema_params(workdir, config, model, num_channels, step=0):
+  """(step, EMA params) of checkpoint `step` (0: the newest good one) in `<workdir>/checkpoints`.
 
   The whole TrainState is restored onto an abstract target built from `config` (jax.eval_shape, nothing
   allocated but what is read), replicated over all devices; only its EMA parameters are kept.
@@ -158,7 +179,15 @@ def restore_ema_params(workdir, config, model, num_channels):
                           jax.eval_shape(fresh_state, jax.random.PRNGKey(0)))
   ckpt = ckpt_lib.Checkpointer(directory)
   try:
-    restored = ckpt.restore_latest(abstract)
+    if step:
+      steps = list(ckpt.all_steps())
+      if step not in steps:
+        raise ValueError(f'config field distill.teacher_step={step} is not a checkpoint of teacher_workdir='
+                         f'{workdir!r}; available steps: {sorted(steps)}')
+      state, data = ckpt.restore(step, abstract)
+      restored = (step, state, data)
+    else:
+      restored = ckpt.restore_latest(abstract)
   finally:
     ckpt.close()
   if restored is None:
@@ -229,7 +258,7 @@ def make_aux_loss_fn(teacher, fields):
                                         return_features=True)
     teacher_features = jax.lax.stop_gradient(teacher_features)
     losses = distill_losses(teacher_features, features, inputs['x'], fields['taps'], fields['alpha'],
-                            fields['delta'])
+                            fields['delta'], fields['weight_norm'])
     return combine(losses, fields['lambda_spatial'], fields['lambda_freq'])
   return aux_loss_fn
 
@@ -250,8 +279,22 @@ def build_spectral_distillation(config, model, num_channels):
   teacher = models.get_model(teacher_config.model, image_res=teacher_config.image_res,
                              num_channels=num_channels)
   check_taps(fields['taps'], model, teacher, config.image_res, num_channels)
-  _, teacher_params = restore_ema_params(workdir, teacher_config, teacher, num_channels)
+  step, teacher_params = restore_ema_params(workdir, teacher_config, teacher, num_channels,
+                                           fields['teacher_step'])
+  digest = check_teacher_pin(workdir, step, teacher_params, fields)
+  logging.info('distillation teacher: %s step %d, EMA params sha256 %s', workdir, step, digest)
   return make_student_apply_fn(model), make_aux_loss_fn(teacher, fields), teacher_params
+
+
+def check_teacher_pin(workdir, step, params, fields):
+  """sha256 of the teacher's EMA params (sid2.export.params_sha256); ValueError if it differs from the pin."""
+  from sid2 import export  # pylint: disable=g-import-not-at-top
+  digest = export.params_sha256(jax.device_get(params))
+  if fields['teacher_sha256'] and digest != fields['teacher_sha256']:
+    raise ValueError(f'config field distill.teacher_sha256={fields["teacher_sha256"]} differs from the sha256 '
+                     f'{digest} of the EMA params of teacher_workdir={workdir!r} at step {step}: not the pinned '
+                     f'teacher')
+  return digest
 
 
 trainer.register_aux_loss('spectral', build_spectral_distillation)

@@ -8,8 +8,10 @@ data_dir is empty) and holds, for a split (`dataset.split`, default 'train'), ei
   <split>_text.npy           optional [N, S, D] float text embeddings (e.g. CLIP ViT-L/14, [N, 77, 768]),
 or
   <split>.safetensors        tensors 'latents' [N, h, w, c] and optionally 'labels' [N], 'text' [N, S, D],
-and optionally `latents.json` = {"scale_factor": s, "shift": m}: the model sees (latent - m) * s (LDM scales
-its KL-f8 latents by 0.18215; the VQ-f4 latents are used as they are: s = 1, m = 0).
+and optionally `latents.json` = {"scale_factor": s, "shift": m, "autoencoder": {"sha256": ..., "path": ...}}:
+the model sees (latent - m) * s (LDM scales its KL-f8 latents by 0.18215; the VQ-f4 latents are used as they
+are: s = 1, m = 0). With `dataset.autoencoder_sha256` set, latents made by another autoencoder are refused
+before training. `spectral.autoencoder` (python -m experiments.train_autoencoder) writes such folders.
 
 Batches come from sid2.data's in-memory dataset, so the order is a pure function of (seed, step, process)
 and the checkpointed position is the step. The batch is {'image': float32 [b, h, w, c], 'label': int32 [b]}
@@ -48,9 +50,9 @@ def _read_meta(directory):
     return 1.0, 0.0
   with open(path) as f:
     meta = json.load(f)
-  unknown = sorted(set(meta) - {'scale_factor', 'shift'})
+  unknown = sorted(set(meta) - {'scale_factor', 'shift', 'autoencoder'})
   if unknown:
-    raise ValueError(f'{path}: unknown field(s) {unknown}; allowed: scale_factor, shift')
+    raise ValueError(f'{path}: unknown field(s) {unknown}; allowed: scale_factor, shift, autoencoder')
   scale, shift = meta.get('scale_factor', 1.0), meta.get('shift', 0.0)
   for key, v in (('scale_factor', scale), ('shift', shift)):
     if isinstance(v, bool) or not isinstance(v, (int, float)) or not np.isfinite(v):
@@ -58,6 +60,27 @@ def _read_meta(directory):
   if scale == 0:
     raise ValueError(f'{path}: scale_factor must be non-zero')
   return float(scale), float(shift)
+
+
+def autoencoder_sha256(directory):
+  """The sha256 of the autoencoder that made the latents in `directory` (latents.json), '' if not recorded."""
+  path = os.path.join(directory, META_FILE)
+  if not os.path.exists(path):
+    return ''
+  with open(path) as f:
+    ae = json.load(f).get('autoencoder', {}) or {}
+  return str(ae.get('sha256', '') or '')
+
+
+def check_autoencoder(dataset_config, directory):
+  """ValueError unless the latents were made by `dataset.autoencoder_sha256` (when set), naming both shas."""
+  want = dataset_config.get('autoencoder_sha256', '') or ''
+  if not want:
+    return
+  got = autoencoder_sha256(directory)
+  if got != want:
+    raise ValueError(f'dataset.autoencoder_sha256={want} but the latents in {directory} were made by the '
+                     f'autoencoder with sha256 {got or "(not recorded in latents.json)"}: another autoencoder')
 
 
 def _load_npy(path, mmap_mode=None):
@@ -131,6 +154,7 @@ def get_latents_dataset(dataset_config, *, image_res, global_batch_size, seed, p
   (labels must lie below it), else max(label) + 1 with a labels file, else 0.
   """
   directory = latents_dir(dataset_config)
+  check_autoencoder(dataset_config, directory)
   split = dataset_config.get('split', 'train') or 'train'
   latents, labels, text = load_latents(directory, split)
   n, h, w, c = latents.shape

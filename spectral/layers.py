@@ -20,6 +20,11 @@ from sid2.models import layers as sid2_layers
 NUM_BANDS = 4
 # 'band': one gate per band per example (SPEC §13); 'channel': one per band and channel; 'none': gates = 1.
 GATE_MODES = ('band', 'channel', 'none')
+# Gate initialisation (SPEC §13, ours): 'default' = flax's default Dense init (every gate ~0.5 at init, so
+# WG-Down starts as 2 g x[::2, ::2], an aliased decimation); 'lowpass' = fc2 kernel 0, biases such that
+# g_LL = 1/2 and the detail gates = LOWPASS_DETAIL_GATE (WG-Down starts as the anti-aliased 2x2 average).
+GATE_INITS = ('default', 'lowpass')
+LOWPASS_DETAIL_GATE = 0.05
 
 Dtype = Any
 
@@ -35,6 +40,24 @@ def _gate_factors(gates, num_channels):
     return [gates[:, b, None, None, :] for b in range(NUM_BANDS)]
   raise ValueError(f'gates must have shape [B, {NUM_BANDS}] or [B, {NUM_BANDS}, {num_channels}]; '
                    f'got {gates.shape}')
+
+
+def norm_groups(channels, min_group_channels=1, max_groups=32):
+  """GroupNorm groups: the largest divisor g of `channels` with g <= max_groups and channels / g >=
+  min_group_channels (1: sid2's gcd(C, 32), per-channel instance norm at C <= 32; ours: 4 by default)."""
+  if channels < 1 or min_group_channels < 1:
+    raise ValueError(f'channels and min_group_channels must be >= 1; got {channels}, {min_group_channels}')
+  if min_group_channels == 1:
+    return sid2_layers.num_groups(channels, max_groups)
+  limit = max(1, min(max_groups, channels // min_group_channels))
+  return max(g for g in range(1, limit + 1) if channels % g == 0)
+
+
+def lowpass_gate_bias(per_channel_shape):
+  """fc2 bias of the 'lowpass' init: logit(1/2) = 0 for LL, logit(LOWPASS_DETAIL_GATE) for the details."""
+  detail = math.log(LOWPASS_DETAIL_GATE / (1.0 - LOWPASS_DETAIL_GATE))
+  bias = jnp.full(per_channel_shape, detail, jnp.float32)
+  return bias.at[0].set(0.0).reshape(-1)
 
 
 def haar_bands(x):
@@ -78,11 +101,14 @@ class WaveletGate(nn.Module):
   reduction: int = 4
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
+  gate_init: str = 'default'
 
   @nn.compact
   def __call__(self, x):
     if self.mode not in GATE_MODES:
       raise ValueError(f'gate mode must be one of {GATE_MODES}; got {self.mode!r}')
+    if self.gate_init not in GATE_INITS:
+      raise ValueError(f'gate init must be one of {GATE_INITS}; got {self.gate_init!r}')
     b = x.shape[0]
     per_channel = self.mode == 'channel'
     shape = (b, NUM_BANDS, self.channels) if per_channel else (b, NUM_BANDS)
@@ -91,7 +117,11 @@ class WaveletGate(nn.Module):
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     pooled = jnp.mean(x.astype(jnp.float32), axis=(1, 2)).astype(self.dtype)
     h = nn.Dense(max(x.shape[-1] // self.reduction, 1), name='fc1', **kw)(pooled)
-    h = nn.Dense(math.prod(shape[1:]), name='fc2', **kw)(nn.silu(h))
+    init = {}
+    if self.gate_init == 'lowpass':
+      bias = lowpass_gate_bias(shape[1:])
+      init = dict(kernel_init=nn.initializers.zeros, bias_init=lambda *_: bias.astype(self.param_dtype))
+    h = nn.Dense(math.prod(shape[1:]), name='fc2', **init, **kw)(nn.silu(h))
     gates = jax.nn.sigmoid(h.astype(jnp.float32)).reshape(shape)
     self.sow('intermediates', 'gates', gates)
     return gates
@@ -103,11 +133,12 @@ class WGDown(nn.Module):
   reduction: int = 4
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
+  gate_init: str = 'default'
 
   @nn.compact
   def __call__(self, x):
     gates = WaveletGate(x.shape[-1], self.gate, self.reduction, self.dtype, self.param_dtype,
-                        name='gate')(x)
+                        self.gate_init, name='gate')(x)
     return gated_band_sum(x, gates)
 
 
@@ -120,6 +151,7 @@ class WGUp(nn.Module):
   project: bool = True
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
+  gate_init: str = 'default'
 
   @nn.compact
   def __call__(self, x):
@@ -129,7 +161,7 @@ class WGUp(nn.Module):
       raise ValueError(f'WG-Up without projection needs {NUM_BANDS} x channels={self.channels} input '
                        f'channels; got {x.shape[-1]}')
     gates = WaveletGate(self.channels, self.gate, self.reduction, self.dtype, self.param_dtype,
-                        name='gate')(x)
+                        self.gate_init, name='gate')(x)
     return gated_inverse_haar(h, gates)
 
 
@@ -194,12 +226,14 @@ class AttentionBlock(nn.Module):
   implementation: str = 'xla'
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
+  min_group_channels: int = 1
 
   @nn.compact
   def __call__(self, x, context: Optional[jax.Array] = None):
     b, h, w, c = x.shape
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-    t = nn.GroupNorm(num_groups=sid2_layers.num_groups(c), name='norm', **kw)(x).reshape(b, h * w, c)
+    groups = norm_groups(c, self.min_group_channels)
+    t = nn.GroupNorm(num_groups=groups, name='norm', **kw)(x).reshape(b, h * w, c)
     t = sid2_layers.MultiHeadAttention(self.num_heads, self.implementation, name='self_attn', **kw)(t)
     x = x + t.reshape(b, h, w, c)
     if context is not None:

@@ -49,6 +49,9 @@ UNET_DEFAULTS = dict(
     downsample='wavelet',
     gate='band',
     gate_reduction=4,
+    gate_init='lowpass',       # SPEC §13 (ours, amended): WG-Down starts as the anti-aliased LL band.
+    norm_group_channels=4,     # ours: >= 4 channels per GroupNorm group (1: sid2's gcd(C, 32)).
+    final_blocks=0,            # ours: ResBlocks at full resolution after the last up-sampling + skip.
     conditioning='none',
     num_classes=0,
     context_dim=512,
@@ -114,6 +117,8 @@ def resolve_unet_config(model_config):
   for name_ in ('mid_channels', 'mid_heads', 'num_classes', 'emb_channels'):
     _int(f, name_, 0)
   _int(f, 'gate_reduction', 1)
+  _int(f, 'norm_group_channels', 1)
+  _int(f, 'final_blocks', 0)
   _int(f, 'context_dim', 1)
   if f['mid_channels'] == 0:
     f['mid_channels'] = f['channels'][-1]
@@ -125,6 +130,7 @@ def resolve_unet_config(model_config):
                      f'model.mid_channels={f["mid_channels"]}')
   _choice(f, 'downsample', DOWNSAMPLE)
   _choice(f, 'gate', layers.GATE_MODES)
+  _choice(f, 'gate_init', layers.GATE_INITS)
   _choice(f, 'conditioning', CONDITIONING)
   _choice(f, 'time_embedding', TIME_EMBEDDINGS)
   _choice(f, 'attention', sid2_layers.ATTENTION_IMPLEMENTATIONS)
@@ -205,7 +211,10 @@ class UNet(nn.Module):
     mid_channels, mid_heads: mid-stage width (0: channels[-1]) and heads (0: no attention).
     downsample: 'wavelet' (WG-Down / WG-Up) or 'plain' (3x3 stride-2 conv / nearest + 3x3 conv).
     gate, gate_reduction: WG gates 'band' ([B, 4]), 'channel' ([B, 4, C]) or 'none' (= 1); FFN hidden
-      width C_in / gate_reduction.
+      width C_in / gate_reduction. gate_init: 'lowpass' (g_LL = 1/2, details 0.05: WG-Down starts as the
+      2x2 average, WG-Up as nearest up-sampling of the LL chunk) or 'default' (all gates ~1/2: decimation).
+    norm_group_channels: GroupNorm groups = largest divisor of C <= 32 with >= this many channels per
+      group (1: gcd(C, 32), the first reading). final_blocks: ResBlocks (width c_1) after the top skip.
     conditioning: 'none'; 'class' (labels [B] int in [0, num_classes), null class = num_classes, embedded
       by nn.Embed(num_classes + 1, context_dim) as a 1-token sequence; labels=None = all null); 'text'
       (labels = embeddings [B, S, context_dim], e.g. CLIP [B, 77, 768], or {'text': embeddings, 'keep':
@@ -225,6 +234,9 @@ class UNet(nn.Module):
   downsample: str = UNET_DEFAULTS['downsample']
   gate: str = UNET_DEFAULTS['gate']
   gate_reduction: int = UNET_DEFAULTS['gate_reduction']
+  gate_init: str = UNET_DEFAULTS['gate_init']
+  norm_group_channels: int = UNET_DEFAULTS['norm_group_channels']
+  final_blocks: int = UNET_DEFAULTS['final_blocks']
   conditioning: str = UNET_DEFAULTS['conditioning']
   num_classes: int = UNET_DEFAULTS['num_classes']
   context_dim: int = UNET_DEFAULTS['context_dim']
@@ -303,19 +315,25 @@ class UNet(nn.Module):
     def res(h, c, name):
       if h.shape[-1] != c:
         h = nn.Dense(c, name=f'{name}_in', **kw)(h)  # 1x1 conv to the block's width.
-      return sid2_layers.ResBlock(c, f['dropout'], name=name, **kw)(h, cond, train=train)
+      groups = layers.norm_groups(c, f['norm_group_channels'])
+      return sid2_layers.ResBlock(c, f['dropout'], name=name, groups=groups, **kw)(h, cond, train=train)
 
     def attn(h, heads, name):
-      return layers.AttentionBlock(heads, f['attention'], name=name, **kw)(h, context) if heads else h
+      if not heads:
+        return h
+      return layers.AttentionBlock(heads, f['attention'], min_group_channels=f['norm_group_channels'],
+                                   name=name, **kw)(h, context)
 
     def down(h, k):
       if wavelet:
-        return layers.WGDown(f['gate'], f['gate_reduction'], name=f'down{k}_sample', **kw)(h)
+        return layers.WGDown(f['gate'], f['gate_reduction'], gate_init=f['gate_init'], name=f'down{k}_sample',
+                             **kw)(h)
       return layers.PlainDown(h.shape[-1], name=f'down{k}_sample', **kw)(h)
 
     def up(h, c, k):
       if wavelet:
-        return layers.WGUp(c, f['gate'], f['gate_reduction'], name=f'up{k}_sample', **kw)(h)
+        return layers.WGUp(c, f['gate'], f['gate_reduction'], gate_init=f['gate_init'], name=f'up{k}_sample',
+                           **kw)(h)
       return layers.PlainUp(c, name=f'up{k}_sample', **kw)(h)
 
     features = {}
@@ -341,8 +359,11 @@ class UNet(nn.Module):
       if k <= 2:
         features[f'feat-up{k}'] = h
       h = jnp.concatenate([h, skips.pop()], axis=-1)
+    for j in range(f['final_blocks']):
+      h = res(h, chans[0], f'final_res{j}')
 
-    h = nn.GroupNorm(num_groups=sid2_layers.num_groups(h.shape[-1]), name='norm_out', **kw)(h)
+    h = nn.GroupNorm(num_groups=layers.norm_groups(h.shape[-1], f['norm_group_channels']), name='norm_out',
+                     **kw)(h)
     h = nn.Conv(c_in, (3, 3), padding='SAME', kernel_init=nn.initializers.zeros, name='conv_out',
                 **kw)(nn.swish(h))
     out = h.astype(jnp.float32)

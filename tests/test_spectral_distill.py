@@ -221,3 +221,25 @@ def test_builder_rejects_incompatible_teacher(teacher_run):
   cfg = tiny_config(STUDENT, distill=base['distill'], teacher_workdir=workdir + '/nowhere')
   with pytest.raises(ValueError, match='teacher_workdir'):
     trainer.build_aux_loss(cfg, model(cfg), 1)
+
+
+def test_teacher_is_pinned_by_step_and_sha256(teacher_run):
+  from sid2 import export
+  workdir, teacher_state = teacher_run
+  digest = export.params_sha256(jax.device_get(teacher_state.ema_params))
+  model = lambda cfg: trainer.build_model(cfg, 1)
+
+  def cfg(**fields):
+    return tiny_config(STUDENT, distill=ml_collections.ConfigDict(dict(distill.DISTILL_DEFAULTS, **fields)),
+                       teacher_workdir=workdir)
+  c = cfg(teacher_step=2, teacher_sha256=digest)
+  _, _, frozen = trainer.build_aux_loss(c, model(c), 1)
+  assert export.params_sha256(jax.device_get(frozen)) == digest
+  c = cfg(teacher_step=2, teacher_sha256='0' * 64)
+  with pytest.raises(ValueError, match='distill.teacher_sha256'):
+    trainer.build_aux_loss(c, model(c), 1)
+  c = cfg(teacher_step=7)
+  with pytest.raises(ValueError, match=r'distill.teacher_step=7.*\[2\]'):
+    trainer.build_aux_loss(c, model(c), 1)
+  with pytest.raises(ValueError, match='distill.teacher_sha256'):
+    distill.resolve_distill_config(dict(name='spectral', teacher_sha256='abc'))

@@ -83,16 +83,18 @@ class ResBlock(nn.Module):
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
   kernel_size: tuple = (3, 3)
+  groups: int = 0  # GroupNorm groups; 0: num_groups(channels)
 
   @nn.compact
   def __call__(self, x, cond, *, train):
     c = self.channels
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-    h = nn.GroupNorm(num_groups=num_groups(c), **kw)(x)
+    groups = self.groups or num_groups(c)
+    h = nn.GroupNorm(num_groups=groups, **kw)(x)
     h = nn.swish(h)
     kernel = tuple(self.kernel_size)
     h = nn.Conv(c, kernel, padding='SAME', **kw)(h)
-    h = nn.GroupNorm(num_groups=num_groups(c), use_scale=False, use_bias=False, **kw)(h)
+    h = nn.GroupNorm(num_groups=groups, use_scale=False, use_bias=False, **kw)(h)
     mod = nn.Dense(2 * c, **kw)(cond)
     mod = mod.reshape(mod.shape[:1] + (1,) * (x.ndim - 2) + mod.shape[1:])  # [B, 1, ..., 1, 2C]
     scale, shift = jnp.split(mod, 2, axis=-1)
