@@ -15,6 +15,7 @@ sharding, so each host computes and receives only the samples of its own devices
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -201,11 +202,18 @@ def round_up_batch(batch_size: int, num_devices: int) -> int:
 # Sampling.
 
 def make_generate_fn(config, num_channels: int, mesh):
+  """`_generate_fn` cached by the sampling-relevant config fields and the mesh (one compilation per setting,
+  also across the checkpoints of `evaluate --all_steps`)."""
+  return _generate_fn(restore._sampler_key(config, 1, num_channels), mesh)  # pylint: disable=protected-access
+
+
+@functools.lru_cache(maxsize=8)
+def _generate_fn(key, mesh):
   """Jitted `gen(params, indices [B], labels [B], base_key, guidance, lo, hi) -> images [B, H, W, C]` in
   [-1, 1] (clipped), sample b drawn with key fold_in(base_key, indices[b]); B sharded over the mesh."""
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  one = restore.sample_fn(config, 1, num_channels)  # the trainer's sampler for one sample
+  one = restore._cached_sample_fn(*key)  # pylint: disable=protected-access  (the trainer's 1-sample sampler)
 
   def gen(params, indices, labels, base, guidance, lo, hi):
     def draw(index, label):

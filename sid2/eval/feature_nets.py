@@ -91,16 +91,24 @@ def load_feature_net(name: str, *, fmnist_weights: Optional[str] = None, incepti
                     'images of any size with 1 or 3 channels')
 
 
+_FEATURE_FNS = {}  # (name, sha256, preprocess, mesh) -> (jitted fn, replicated params): one compilation each
+
+
 def feature_fn(net: FeatureNet, mesh):
   """(jitted `f(params, images) -> features float32 [B, D]` sharded over the mesh's 'data' axis, the net's
-  parameters replicated over the mesh)."""
+  parameters replicated over the mesh), cached per net and mesh."""
   import jax  # pylint: disable=g-import-not-at-top
   from sid2 import generation  # pylint: disable=g-import-not-at-top
-  data = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(generation.DATA_AXIS))
-  rep = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-  fn = jax.jit(lambda p, x: net.apply(p, x).astype(jax.numpy.float32), in_shardings=(rep, data),
-               out_shardings=data)
-  return fn, generation.replicated(mesh, net.params)
+  key = (net.name, net.sha256, net.preprocess, mesh)
+  if key not in _FEATURE_FNS:
+    data = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(generation.DATA_AXIS))
+    rep = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    fn = jax.jit(lambda p, x: net.apply(p, x).astype(jax.numpy.float32), in_shardings=(rep, data),
+                 out_shardings=data)
+    if len(_FEATURE_FNS) >= 4:
+      _FEATURE_FNS.pop(next(iter(_FEATURE_FNS)))
+    _FEATURE_FNS[key] = (fn, generation.replicated(mesh, net.params))
+  return _FEATURE_FNS[key]
 
 
 def features_of(fn, params, mesh, images: np.ndarray, chunk: int) -> np.ndarray:
