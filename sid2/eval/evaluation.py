@@ -77,7 +77,10 @@ class Context:
     restore.check_model_registered(self.config)
     self.ref_path = ref
     self.ref_split = ref_split
-    self.mesh = generation.data_mesh()
+    import jax  # pylint: disable=g-import-not-at-top
+    self.mesh = generation.data_mesh()  # sampling: all devices of all processes
+    # Reference features: this process's devices (every process computes the same statistics, no gather).
+    self.local_mesh = generation.data_mesh(jax.local_devices())
     if ref:
       self.ref = stats_lib.read_reference(ref)
       _check_ref(self.ref, self.net)
@@ -92,7 +95,7 @@ class Context:
       self.log(f'reference: streaming {dataset["name"]} split {self.ref_split!r} (at most '
                f'{self.raw["num_samples"]} images) through {self.net.name}')
       acc, pr_features, shape = streaming.dataset_stats(dataset, int(self.config.image_res), self.net,
-                                                        mesh=self.mesh, batch_size=batch_size,
+                                                        mesh=self.local_mesh, batch_size=batch_size,
                                                         num=self.raw['num_samples'], pr_cap=self.pr_cap,
                                                         log=self.log)
       self.ref = dict(format='streamed', path=None, sha256=None, mu=acc.mean, sigma=acc.covariance(),
@@ -101,7 +104,7 @@ class Context:
                       source=f'{dataset["name"]} split {self.ref_split!r}, first {acc.num} examples of the '
                              f'data pipeline (image {shape[0]}x{shape[1]}x{shape[2]})')
     if self.compute_pr and self._ref_feats is None:
-      self._ref_feats = streaming.reference_features(self.ref, self.net, self.mesh, pr_cap=self.pr_cap,
+      self._ref_feats = streaming.reference_features(self.ref, self.net, self.local_mesh, pr_cap=self.pr_cap,
                                                      batch_size=batch_size)
     return self.ref
 

@@ -112,8 +112,8 @@ def feature_fn(net: FeatureNet, mesh):
 
 
 def features_of(fn, params, mesh, images: np.ndarray, chunk: int) -> np.ndarray:
-  """float64 [n, D] features of host images [n, H, W, C] (one process), in chunks of `chunk` (a multiple of
-  the device count; the last chunk padded with zeros, so there is one compilation)."""
+  """float64 [n, D] features of host images [n, H, W, C] on a mesh of this process's devices, in chunks of
+  `chunk` (a multiple of the device count; the last chunk padded with zeros, so there is one compilation)."""
   from sid2 import generation  # pylint: disable=g-import-not-at-top
   out = []
   for start in range(0, images.shape[0], chunk):

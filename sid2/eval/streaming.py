@@ -63,8 +63,10 @@ def iterate_dataset(dataset_config, image_res: int, batch_size: int, num: Option
 
 def dataset_stats(dataset_config, image_res: int, net: 'feature_nets.FeatureNet', *, mesh=None,
                   batch_size: int = 500, num: Optional[int] = None, pr_cap: int = DEFAULT_PR_CAP, log=print):
-  """(StreamingStats, pr_features [min(pr_cap, n), D] float32, image shape) of a dataset split's features."""
-  mesh = generation.data_mesh() if mesh is None else mesh
+  """(StreamingStats, pr_features [min(pr_cap, n), D] float32, image shape) of a dataset split's features,
+  computed on `mesh` (default: this process's devices; every process computes the same statistics)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  mesh = generation.data_mesh(jax.local_devices()) if mesh is None else mesh
   chunk = generation.round_up_batch(batch_size, int(mesh.devices.size))
   fn, params = feature_nets.feature_fn(net, mesh)
   acc = stats_lib.StreamingStats(net.dim)
