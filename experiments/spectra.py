@@ -43,7 +43,8 @@ SPECTRUM_BLURS = (0.5, 1.0, 2.0)
 FLAGS = flags.FLAGS
 flags.DEFINE_string('workdir', None, 'Training workdir (config.json + checkpoints/); without it only real images.')
 flags.DEFINE_string('out', None, 'Output directory (default <workdir>/analysis).')
-flags.DEFINE_integer('num_samples', 1000, f'Generated and real images each (at most {features_lib.FASHION_MNIST_TEST_SIZE}).')
+flags.DEFINE_integer('num_samples', 1000,
+                     f'Generated and real images each (at most {features_lib.FASHION_MNIST_TEST_SIZE}).')
 flags.DEFINE_integer('batch_size', 500, 'Samples per jitted sampling call.')
 flags.DEFINE_integer('step', None, 'Checkpoint step (default: the latest readable one).')
 flags.DEFINE_string('sampler', None, "'ddpm', 'ddim' or 'addim' (default: config.sampler.name).")
@@ -102,7 +103,7 @@ def compute(raw: dict, *, sigma2s, blur_size: int, features_path: str, log=print
   real_feats = features_lib.batched_features(feature_fn, real)
   blur = jax.jit(spectra.gaussian_blur, static_argnames=('sigma2', 'size'))
 
-  out = dict(num_images=num, real_images=f'fashion_mnist {'test'} split, first {num}',
+  out = dict(num_images=num, real_images=f'fashion_mnist test split, first {num}',
              feature_net=dict(path=os.path.abspath(features_path), sha256=features_lib.file_sha256(features_path)),
              radius=list(range(spectra.num_radii(*real.shape[1:3]))),
              spectrum=dict(real=np.asarray(spectra.reduced_spectrum(real)).tolist()))

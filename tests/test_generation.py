@@ -4,7 +4,6 @@ The 8-device and 2-process runs are this file run as a script in subprocesses (`
 process keeps its single CPU device; they restore the same tiny workdir and must give the 1-device samples.
 """
 import argparse
-import json
 import os
 import socket
 import subprocess

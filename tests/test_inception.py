@@ -11,8 +11,6 @@ import json
 import math
 import pickle
 import struct
-import sys
-import types
 import zipfile
 
 import numpy as np

@@ -86,7 +86,7 @@ class Context:
       _check_ref(self.ref, self.net)
     else:
       self.ref = None  # streamed on first use (after the sampling settings are checked)
-    self._ref_feats = None
+    self.ref_feats = None
 
   def reference(self, batch_size: int) -> dict:
     """The reference statistics (read, or streamed from the run's dataset once)."""
@@ -103,8 +103,8 @@ class Context:
                       preprocess=self.net.preprocess, pr_features=pr_features, images=None,
                       source=f'{dataset["name"]} split {self.ref_split!r}, first {acc.num} examples of the '
                              f'data pipeline (image {shape[0]}x{shape[1]}x{shape[2]})')
-    if self.compute_pr and self._ref_feats is None:
-      self._ref_feats = streaming.reference_features(self.ref, self.net, self.local_mesh, pr_cap=self.pr_cap,
+    if self.compute_pr and self.ref_feats is None:
+      self.ref_feats = streaming.reference_features(self.ref, self.net, self.local_mesh, pr_cap=self.pr_cap,
                                                      batch_size=batch_size)
     return self.ref
 
@@ -148,7 +148,7 @@ def score(ctx: Context, step: Optional[int] = None, *, save_samples: bool = Fals
                                   jax.process_index())
   acc, sample_feats = streaming.sample_stats(gen, ctx.net, pr_cap=ctx.pr_cap, writer=writer, log=log)
   seconds = time.time() - t0
-  result = streaming.scores(ref, acc, sample_feats, ctx._ref_feats, ctx.compute_pr)  # pylint: disable=protected-access
+  result = streaming.scores(ref, acc, sample_feats, ctx.ref_feats, ctx.compute_pr)
   record = gen.record()
   labels_list = record.pop('labels')
   record.pop('out', None)
@@ -157,7 +157,7 @@ def score(ctx: Context, step: Optional[int] = None, *, save_samples: bool = Fals
       features=ctx.net.name, feature_net=ctx.net.info(), ref=ctx.ref_info(),
       real_images=ref['source'],
       precision_recall=dict(k=streaming.PR_K, cap=ctx.pr_cap, num_samples=int(len(sample_feats)),
-                            num_ref=None if ctx._ref_feats is None else int(len(ctx._ref_feats)))  # pylint: disable=protected-access
+                            num_ref=None if ctx.ref_feats is None else int(len(ctx.ref_feats)))
       if ctx.compute_pr else None,
       labels=None if labels_list is None else 'round-robin 0..C-1' if labels_list == restore.default_labels(
           ctx.config, settings['num_samples']) else labels_list,
