@@ -387,3 +387,15 @@ def test_few_sample_fd_matches_the_covariance_route():
     want = fd.frechet_distance(*fd.feature_stats(x1), *fd.feature_stats(x2))
     assert fd.frechet_distance_features(x1, x2) == pytest.approx(want, rel=1e-6)
     assert fd.frechet_distance_features(x1, x1) == pytest.approx(0.0, abs=1e-9)
+
+
+def test_tf_resize_matches_tensorflow_resize_bilinear():
+  # The 'tf' preprocessing against TF1's own ResizeBilinear (align_corners=False, no half-pixel centres),
+  # the op of the reference FID graph; tensorflow is installed for tfds.
+  tf = pytest.importorskip('tensorflow')
+  for shape in ((2, 32, 32, 3), (1, 28, 40, 3)):
+    p = np.random.default_rng(0).integers(0, 256, size=shape).astype(np.float32)
+    ours = np.asarray(inc.preprocess(p / 127.5 - 1, 'tf')) * 128 + 128
+    theirs = tf.compat.v1.image.resize_bilinear(p, [299, 299], align_corners=False,
+                                                half_pixel_centers=False).numpy()
+    np.testing.assert_allclose(ours, theirs, rtol=0, atol=1e-3)

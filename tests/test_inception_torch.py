@@ -5,7 +5,7 @@ environment; CI skips this file). The real weights cannot be fetched here, so bo
 random state dict, written by torch itself (`torch.save`, legacy and zip formats, as the real file is a
 torch state dict), read back by our pickle-free reader, and both compute pool3 features of the same images
 with the pytorch-fid input convention (bilinear resize with half-pixel centres, 2 p / 255 - 1). What this
-does not check: the TF-graph resize convention ('tf', our default), which pytorch-fid does not implement.
+does not check: the TF-graph resize convention ("tf", our default; tests/test_inception.py checks it against TF).
 
   PYTHONPATH=$PWD <python with torch + pytorch-fid> -m pytest -q tests/test_inception_torch.py
 """
