@@ -38,3 +38,19 @@ def cli_entry(main_fn, define_fn):
       sys.exit(f'error: {e}')
 
   app.run(entry)
+
+
+def ensure_model_registered(config):
+  """Imports `spectral` (which registers more models) when the config's model is not a sid2 model.
+
+  sid2 never imports spectral; the commands do, here. ValueError if the model is still unknown.
+  """
+  import importlib  # pylint: disable=g-import-not-at-top
+  from sid2 import models  # pylint: disable=g-import-not-at-top
+  from sid2 import restore  # pylint: disable=g-import-not-at-top
+  if config.model.get('name', None) not in models.MODELS:
+    try:
+      importlib.import_module('spectral')
+    except ImportError as e:
+      logging.warning('could not import spectral (%s)', e)
+  restore.check_model_registered(config)

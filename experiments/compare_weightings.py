@@ -9,7 +9,7 @@ bias (C.2: b moves linearly from b_start to b_end over t_b steps, `sigmoid:<b_st
 each loss_type trains the same config (`--config`, default the Fashion-MNIST one; `--config.<field>=...`
 overrides as in `experiments.train`) for `--steps` steps in its own workdir `<out>/<loss_type>` with
 `sid2.trainer.train_and_evaluate`, with a checkpoint every `--eval_every` steps (all kept). Every checkpoint
-is then evaluated by `experiments.evaluate.evaluate` with guidance 0: FD (and k-NN precision/recall) of
+is then evaluated by `sid2.eval.evaluation.evaluate` with guidance 0: FD (and k-NN precision/recall) of
 `--num_samples` EMA samples against as many Fashion-MNIST test images on the shipped feature net. Runs
 resume: an existing workdir continues training, and a checkpoint whose `eval/fd_<step>.json` already holds
 the same evaluation settings is not evaluated again.
@@ -75,7 +75,7 @@ def validate(base, loss_types, steps, eval_every, num_samples) -> None:
   from sid2 import config_lib  # pylint: disable=g-import-not-at-top
   from sid2 import losses  # pylint: disable=g-import-not-at-top
   from sid2 import schedules  # pylint: disable=g-import-not-at-top
-  from experiments import evaluate  # pylint: disable=g-import-not-at-top
+  from sid2.eval import features  # pylint: disable=g-import-not-at-top
   if not loss_types:
     raise ValueError('loss_types must name at least one loss_type')
   if len(set(map(workdir_name, loss_types))) != len(loss_types):
@@ -85,9 +85,10 @@ def validate(base, loss_types, steps, eval_every, num_samples) -> None:
       raise ValueError(f'{name} must be a positive integer; got {v!r}')
   if eval_every > steps:
     raise ValueError(f'eval_every must be <= steps; got eval_every={eval_every}, steps={steps}')
-  if isinstance(num_samples, bool) or not isinstance(num_samples, int) or not 2 <= num_samples <= evaluate.MAX_REAL:
-    raise ValueError(f'num_samples must be an integer in [2, {evaluate.MAX_REAL}]; got {num_samples!r}')
-  evaluate.check_supported(base)
+  max_real = features.FASHION_MNIST_TEST_SIZE
+  if isinstance(num_samples, bool) or not isinstance(num_samples, int) or not 2 <= num_samples <= max_real:
+    raise ValueError(f'num_samples must be an integer in [2, {max_real}]; got {num_samples!r}')
+  features.check_fmnist_config(base)
   schedule = schedules.get_schedule(base.schedule, image_res=base.image_res)
   for lt in loss_types:
     losses.get_loss(lt, schedule)  # ValueError naming the allowed loss types
@@ -119,8 +120,8 @@ def run(base, loss_types, *, steps: int, eval_every: int, num_samples: int, out:
         num_steps=None, seed: int = 0, compute_pr: bool = True, log=print) -> dict:
   """Trains every loss_type, evaluates its checkpoints, writes the JSON and PNG; returns the result."""
   validate(base, loss_types, steps, eval_every, num_samples)
-  from experiments import evaluate  # pylint: disable=g-import-not-at-top
   from sid2 import trainer  # pylint: disable=g-import-not-at-top
+  from sid2.eval import evaluation  # pylint: disable=g-import-not-at-top
   result = dict(config_description=base.get('description', ''), steps=steps, eval_every=eval_every,
                 num_samples=num_samples, guidance=0.0, runs={})
   os.makedirs(out, exist_ok=True)
@@ -138,7 +139,7 @@ def run(base, loss_types, *, steps: int, eval_every: int, num_samples: int, out:
     for step in eval_steps(workdir, eval_every, steps):
       rec = _stored(workdir, step, dict(raw, batch_size=min(batch_size, num_samples)))
       if rec is None:
-        rec = evaluate.evaluate(dict(raw, step=step), compute_pr=compute_pr, log=log)
+        rec = evaluation.evaluate(dict(raw, step=step), compute_pr=compute_pr, log=log)
       rows.append(dict(step=step, fd=rec['fd'], precision=rec.get('precision'), recall=rec.get('recall')))
     result['runs'][lt] = dict(workdir=os.path.abspath(workdir), train_seconds=round(train_seconds, 1),
                               evals=rows)

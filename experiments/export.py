@@ -19,7 +19,6 @@ from typing import Optional
 from absl import flags
 
 from experiments import cli
-from experiments import sample as sample_cli
 from sid2 import export as export_lib
 from sid2 import restore
 
@@ -49,7 +48,7 @@ def run(workdir: str, out: str, *, step=None, export_sampler=True, export_num_sa
   if not workdir or not out:
     raise ValueError('workdir and out are required')
   config = restore.load_config(workdir)
-  sample_cli.ensure_model_registered(config)
+  cli.ensure_model_registered(config)
   if isinstance(platforms, str):
     platforms = tuple(p.strip() for p in platforms.split(',') if p.strip())
   summary = export_lib.export_workdir(

@@ -12,9 +12,9 @@ step, a sha256 of the parameters, the seed and every setting (labels listed in f
 
 regenerates the same samples (the parameters are checked against the recorded sha256).
 
-Randomness: chunk k of `--batch_size` samples uses `jax.random.fold_in(PRNGKey(seed), k)`; the last chunk
-is padded to the full batch (the extra samples are dropped), so sample i depends only on (seed, batch_size,
-i, its label, the settings), not on --num_samples.
+Randomness: sample i uses its own key `jax.random.fold_in(PRNGKey(seed), i)` (`sid2.generation`), so it
+depends only on (seed, i, its label, the settings), not on --num_samples, --batch_size or the device count.
+Chunks of --batch_size samples (rounded up to a multiple of the device count) are sharded over all devices.
 Labels (class-conditional models): `--labels 0,1,2` (repeated to --num_samples), `--class_label 3` (all),
 default round-robin 0, 1, ..., C-1, 0, ... --guidance_interval: 'lo,hi' in logSNR or 'none' (constant
 guidance); guidance w uses SiD2's convention (0 = none; SPEC §11).
@@ -23,23 +23,18 @@ from __future__ import annotations
 from sid2 import runtime  # first, before jax: one CPU device per core, persistent compile cache
 runtime.configure(__name__)  # (only when run as a program)
 
-import importlib
 import json
-import math
-import os
-import time
 from typing import Optional
 
-import numpy as np
 from absl import flags
 from absl import logging
 
 from experiments import cli
-from sid2 import models
+from sid2 import generation
 from sid2 import restore
 
-OUT_EXTENSIONS = ('.png', '.npz')
-SETTINGS_VERSION = 1
+OUT_EXTENSIONS = generation.OUT_EXTENSIONS
+SETTINGS_VERSION = generation.SETTINGS_VERSION
 # Flags that may be combined with --settings (everything else comes from the settings file).
 SETTINGS_OVERRIDABLE = ('settings', 'out', 'workdir')
 
@@ -65,122 +60,12 @@ def define_flags(fv: flags.FlagValues):
   flags.DEFINE_integer('seed', 0, 'Random seed.', **d)
 
 
-# ---------------------------------------------------------------------------------------------------------
-# Parsing and validation (all before any compute).
-
-def ensure_model_registered(config):
-  """Imports `spectral` (which registers more models) when the config's model is not a sid2 model.
-
-  sid2 never imports spectral; the commands do, here. ValueError if the model is still unknown.
-  """
-  if config.model.get('name', None) not in models.MODELS:
-    try:
-      importlib.import_module('spectral')
-    except ImportError as e:
-      logging.warning('could not import spectral (%s)', e)
-  restore.check_model_registered(config)
-
-
-def parse_interval(text) -> Optional[tuple]:
-  """'lo,hi' -> (lo, hi) with lo < hi; 'none' -> None (constant guidance). ValueError otherwise."""
-  if isinstance(text, (list, tuple)):
-    parts = list(text)
-  elif isinstance(text, str) and text.strip().lower() in ('none', 'off', ''):
-    return None
-  elif isinstance(text, str):
-    parts = text.split(',')
-  else:
-    parts = None
-  try:
-    lo, hi = (float(p) for p in parts)
-  except (TypeError, ValueError):
-    raise ValueError(f"guidance_interval must be 'lo,hi' (two logSNRs with lo < hi, e.g. -3,5) or 'none' "
-                     f'(constant guidance); got {text!r}') from None
-  if not lo < hi or math.isnan(lo) or math.isnan(hi):
-    raise ValueError(f'guidance_interval must have lo < hi; got {text!r}')
-  return lo, hi
-
-
-def parse_labels(text: str) -> list:
-  """'0,1,2' -> [0, 1, 2]; ValueError for anything but comma-separated integers."""
-  try:
-    labels = [int(p) for p in text.split(',')]
-  except (AttributeError, ValueError):
-    raise ValueError(f"labels must be comma-separated integers, e.g. '0,1,2'; got {text!r}") from None
-  return labels
-
-
-def _positive_int(value, field):
-  if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-    raise ValueError(f'{field} must be a positive integer; got {value!r}')
-  return value
-
-
-def _config_interval(sampler_cfg):
-  interval = tuple(sampler_cfg.get('guidance_interval', ()) or ())
-  if not interval or (math.isinf(interval[0]) and math.isinf(interval[1])):
-    return None
-  return parse_interval(interval)
-
-
-def resolve_settings(raw: dict, config) -> dict:
-  """Complete, validated settings from user values (None = the config's default). ValueError naming the
-  field for anything invalid; nothing is computed. Keys: see `define_flags`."""
-  s_cfg = config.sampler
-  out = raw.get('out')
-  if not out or os.path.splitext(out)[1].lower() not in OUT_EXTENSIONS:
-    raise ValueError(f'out must be a file name ending in one of {OUT_EXTENSIONS}; got {out!r}')
-  num_samples = raw.get('num_samples')
-  num_samples = _positive_int(s_cfg.get('num_samples', 64) if num_samples is None else num_samples,
-                              'num_samples')
-  batch_size = raw.get('batch_size')
-  batch_size = _positive_int(num_samples if batch_size is None else batch_size, 'batch_size')
-  batch_size = min(batch_size, num_samples)
-  seed = raw.get('seed', 0)
-  if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2 ** 63:
-    raise ValueError(f'seed must be an integer in [0, 2^63); got {seed!r}')
-  logvar = raw.get('logvar_type')
-  sampled = restore.override_sampler(  # validates sampler, num_steps, clip_x, logvar_type, eta
-      config, name=raw.get('sampler'), num_steps=raw.get('num_steps'), clip_x=raw.get('clip_x'),
-      logvar_type=None if logvar is None else str(logvar), eta=raw.get('eta')).sampler
-  guidance = raw.get('guidance')
-  guidance = float(s_cfg.get('guidance', 0.0)) if guidance is None else guidance
-  if isinstance(guidance, bool) or not isinstance(guidance, (int, float)) or not math.isfinite(guidance):
-    raise ValueError(f'guidance must be a finite number (0 = no guidance); got {guidance!r}')
-  interval = raw.get('guidance_interval', 'default')
-  interval = _config_interval(s_cfg) if interval in (None, 'default') else parse_interval(interval)
-
-  labels, class_label = raw.get('labels'), raw.get('class_label')
-  num_classes = int(config.model.get('num_classes', 0) or 0)
-  if labels is not None and class_label is not None:
-    raise ValueError('give at most one of labels and class_label')
-  if isinstance(labels, str):
-    labels = parse_labels(labels)
-  if class_label is not None:
-    labels = [class_label]
-  if labels is not None:
-    if not labels:
-      raise ValueError('labels must not be empty')
-    restore.check_labels(config, labels)
-    labels = [labels[i % len(labels)] for i in range(num_samples)]
-  else:
-    labels = restore.default_labels(config, num_samples)
-  if not num_classes and guidance != 0:
-    logging.warning('the model is unconditional: guidance=%s is ignored', guidance)
-    guidance = 0.0
-
-  step = raw.get('step')
-  steps = restore.checkpoint_steps(raw['workdir'])
-  if not steps:
-    raise FileNotFoundError(f'no checkpoints in {restore.checkpoint_dir(raw["workdir"])}')
-  if step is not None and step not in steps:
-    raise ValueError(f'step={step!r} is not a checkpoint of {raw["workdir"]}; available steps: {steps}')
-  return dict(version=SETTINGS_VERSION, workdir=os.path.abspath(raw['workdir']), step=step,
-              num_samples=num_samples, batch_size=batch_size, sampler=sampled.name,
-              num_steps=int(sampled.num_steps), clip_x=sampled.clip_x, logvar_type=str(sampled.logvar_type),
-              eta=float(sampled.get('eta', 0.0)), guidance=float(guidance),
-              guidance_interval=None if interval is None else list(interval), labels=labels, seed=seed,
-              out=os.path.abspath(out), params_sha256=raw.get('params_sha256'))
+# Kept as names of this module for callers (the implementations live in sid2.generation).
+ensure_model_registered = cli.ensure_model_registered
+parse_interval = generation.parse_interval
+parse_labels = generation.parse_labels
+resolve_settings = generation.resolve_settings
+write_outputs = generation.write_outputs
 
 
 def raw_from_flags(fv) -> dict:
@@ -209,67 +94,11 @@ def raw_from_flags(fv) -> dict:
   return {n: fv[n].value for n in names}
 
 
-# ---------------------------------------------------------------------------------------------------------
-# Sampling and writing.
-
 def generate(settings: dict, config, *, log=print):
-  """(images float32 [N, H, W, C] in [-1, 1], labels int32 [N] or None, record) for resolved settings."""
-  import jax
-  import jax.numpy as jnp
-  from sid2 import export as export_lib
-
-  restored = restore.load(settings['workdir'], settings['step'], config=config)
-  digest = export_lib.params_sha256(restored.params)
-  if settings.get('params_sha256') and settings['params_sha256'] != digest:
-    raise ValueError(f'the parameters of step {restored.step} (sha256 {digest}) are not those recorded in the '
-                     f'settings (sha256 {settings["params_sha256"]}): the samples would differ')
-  s_config = restore.override_sampler(config, name=settings['sampler'], num_steps=settings['num_steps'],
-                                      clip_x=settings['clip_x'], logvar_type=settings['logvar_type'],
-                                      eta=settings['eta'])
-  n, b = settings['num_samples'], settings['batch_size']
-  fn = restore.sample_fn(s_config, b, restored.num_channels)
-  lo, hi = settings['guidance_interval'] or (-math.inf, math.inf)
-  args = (jnp.float32(settings['guidance']), jnp.float32(lo), jnp.float32(hi))
-  labels = np.asarray(settings['labels'] if settings['labels'] is not None else [0] * n, np.int32)
-  key = jax.random.PRNGKey(settings['seed'])
-  num_chunks = -(-n // b)
-  guided = int(config.model.get('num_classes', 0) or 0) > 0 and settings['guidance'] != 0
-  log(f'sampling {n} images from {settings["workdir"]} step {restored.step} (seed {settings["seed"]}): '
-      f'{settings["sampler"]}, {settings["num_steps"]} steps, guidance {settings["guidance"]} on '
-      f'{settings["guidance_interval"] or "all logSNRs"}, {num_chunks} chunk(s) of {b}')
-  chunks, t_start = [], time.time()
-  for k in range(num_chunks):
-    t0 = time.time()
-    idx = np.arange(k * b, k * b + b)
-    chunk_labels = np.where(idx < n, labels[np.minimum(idx, n - 1)], 0).astype(np.int32)
-    x = fn(restored.params, jax.random.fold_in(key, k), jnp.asarray(chunk_labels), *args)
-    chunks.append(np.asarray(jax.device_get(x))[:max(0, min(b, n - k * b))])
-    dt = time.time() - t0
-    evals = b * settings['num_steps']
-    log(f'  chunk {k + 1}/{num_chunks}: samples {k * b}..{min(n, k * b + b) - 1} in {dt:.2f} s '
-        f'({evals / dt:.1f} sample-steps/s{", 2 passes per guided step" if guided else ""}'
-        f'{", incl. compilation" if k == 0 else ""})')
-  images = np.clip(np.concatenate(chunks).astype(np.float32), -1.0, 1.0)
-  record = dict(settings, step=restored.step, params_sha256=digest,
-                image_shape=list(images.shape[1:]), model=config.model.name,
-                jax_version=jax.__version__, seconds=round(time.time() - t_start, 3))
-  return images, (labels if settings['labels'] is not None else None), record
-
-
-def write_outputs(out: str, images, labels, record: dict) -> str:
-  """Writes the PNG grid or the npz, and `<out>.json`; returns the JSON path."""
-  from sid2.images import save_image_grid
-  os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-  text = json.dumps(record, indent=2)
-  if out.lower().endswith('.npz'):
-    np.savez(out, images=images, labels=np.zeros((0,), np.int32) if labels is None else labels,
-             settings=np.array(text))
-  else:
-    save_image_grid(images, out)
-  path = out + '.json'
-  with open(path, 'w') as f:
-    f.write(text + '\n')
-  return path
+  """(images float32 [N, H, W, C] in [-1, 1], labels int32 [N] or None, record) for resolved settings, on all
+  devices (`sid2.generation.generate`; one process)."""
+  images, labels, record, _ = generation.generate(settings, config, log=log)
+  return images, labels, record
 
 
 def run(raw: dict, *, log=print):

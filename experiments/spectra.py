@@ -31,8 +31,8 @@ from absl import app
 from absl import flags
 import numpy as np
 
-from experiments import evaluate as evaluate_lib
-from experiments import sample as sample_lib
+from experiments import cli
+from sid2 import generation
 from sid2 import restore
 from sid2.eval import fd
 from sid2.eval import features as features_lib
@@ -43,7 +43,8 @@ SPECTRUM_BLURS = (0.5, 1.0, 2.0)
 FLAGS = flags.FLAGS
 flags.DEFINE_string('workdir', None, 'Training workdir (config.json + checkpoints/); without it only real images.')
 flags.DEFINE_string('out', None, 'Output directory (default <workdir>/analysis).')
-flags.DEFINE_integer('num_samples', 1000, f'Generated and real images each (at most {evaluate_lib.MAX_REAL}).')
+flags.DEFINE_integer('num_samples', 1000,
+                     f'Generated and real images each (at most {features_lib.FASHION_MNIST_TEST_SIZE}).')
 flags.DEFINE_integer('batch_size', 500, 'Samples per jitted sampling call.')
 flags.DEFINE_integer('step', None, 'Checkpoint step (default: the latest readable one).')
 flags.DEFINE_string('sampler', None, "'ddpm', 'ddim' or 'addim' (default: config.sampler.name).")
@@ -87,22 +88,22 @@ def compute(raw: dict, *, sigma2s, blur_size: int, features_path: str, log=print
   from spectral import spectra  # pylint: disable=g-import-not-at-top
 
   num = raw['num_samples']
-  if isinstance(num, bool) or not isinstance(num, int) or not 2 <= num <= evaluate_lib.MAX_REAL:
-    raise ValueError(f'num_samples must be an integer in [2, {evaluate_lib.MAX_REAL}]; got {num!r}')
+  if isinstance(num, bool) or not isinstance(num, int) or not 2 <= num <= features_lib.FASHION_MNIST_TEST_SIZE:
+    raise ValueError(f'num_samples must be an integer in [2, {features_lib.FASHION_MNIST_TEST_SIZE}]; got {num!r}')
   spectra.gaussian_kernel(sigma2s[0], blur_size)  # validates blur_size before any compute
   config, settings = None, None
   if raw['workdir']:
     config = restore.load_config(raw['workdir'])
-    evaluate_lib.check_supported(config)
-    sample_lib.ensure_model_registered(config)
-    settings = sample_lib.resolve_settings(
+    features_lib.check_fmnist_config(config)
+    cli.ensure_model_registered(config)
+    settings = generation.resolve_settings(
         dict(raw, out=os.path.join(os.path.abspath(raw['workdir']), 'analysis', 'samples.npz')), config)
   feature_fn = features_lib.load_feature_fn(features_path)  # sha256 checked before any sampling
-  real = evaluate_lib.real_images(config if config is not None else {}, num)
+  real = features_lib.fashion_mnist_test_images(config if config is not None else {}, num)
   real_feats = features_lib.batched_features(feature_fn, real)
   blur = jax.jit(spectra.gaussian_blur, static_argnames=('sigma2', 'size'))
 
-  out = dict(num_images=num, real_images=f'fashion_mnist {evaluate_lib.REAL_SPLIT} split, first {num}',
+  out = dict(num_images=num, real_images=f'fashion_mnist test split, first {num}',
              feature_net=dict(path=os.path.abspath(features_path), sha256=features_lib.file_sha256(features_path)),
              radius=list(range(spectra.num_radii(*real.shape[1:3]))),
              spectrum=dict(real=np.asarray(spectra.reduced_spectrum(real)).tolist()))
@@ -122,7 +123,7 @@ def compute(raw: dict, *, sigma2s, blur_size: int, features_path: str, log=print
 
   if settings is not None:
     t1 = time.time()
-    images, _, record = sample_lib.generate(settings, config, log=log)
+    images, _, record, _ = generation.generate(settings, config, log=log)
     features_lib.check_images(images)
     gen_spec = np.asarray(spectra.reduced_spectrum(images))
     out['spectrum']['generated'] = gen_spec.tolist()

@@ -147,7 +147,7 @@ def test_changed_weights_are_rejected(tmp_path):
 
 def test_evaluate_rejects_runs_the_feature_net_does_not_fit(tmp_path):
   from experiments import evaluate
-  for name, edit in (('res64', dict(image_res=64)), ('rgb', dict(dataset=dict(name='cifar10')))):
+  for name, edit in (('res64', dict(image_res=64)), ('rgb', dict(dataset=dict(name='cifar10'), num_channels=3))):
     workdir = tmp_path / name
     workdir.mkdir()
     config = dict(image_res=32, dataset=dict(name='fashion_mnist'), model=dict(name='uvit'))
@@ -157,6 +157,7 @@ def test_evaluate_rejects_runs_the_feature_net_does_not_fit(tmp_path):
       evaluate.evaluate(dict(workdir=str(workdir), num_samples=100))
   workdir = tmp_path / 'ok'
   workdir.mkdir()
-  (workdir / 'config.json').write_text(json.dumps(dict(image_res=32, dataset=dict(name='fashion_mnist'))))
+  (workdir / 'config.json').write_text(json.dumps(dict(image_res=32, dataset=dict(name='fashion_mnist'),
+                                                       model=dict(name='uvit'))))
   with pytest.raises(ValueError, match='num_samples'):
-    evaluate.evaluate(dict(workdir=str(workdir), num_samples=20_000))
+    evaluate.evaluate(dict(workdir=str(workdir), num_samples=1))

@@ -11,8 +11,6 @@ import json
 import math
 import pickle
 import struct
-import sys
-import types
 import zipfile
 
 import numpy as np
@@ -362,41 +360,22 @@ def test_features_shape_and_finite(synthetic):
   np.testing.assert_array_equal(inc.batched_inception_features(params, gray, batch_size=50), f)
 
 
-def test_evaluate_reports_fid_inception(synthetic, tmp_path, monkeypatch):
+def test_evaluate_refuses_nonstandard_inception_weights_before_sampling(synthetic, tmp_path, monkeypatch):
+  # End-to-end Inception scoring is in tests/test_evaluate.py; here only the hash check of the weight file.
   from experiments import evaluate
-  from experiments import sample as sample_lib
-  from sid2 import restore
+  from sid2 import generation
   _, paths = synthetic
   workdir = tmp_path / 'run'
   workdir.mkdir()
-  (workdir / 'config.json').write_text(json.dumps(dict(image_res=32, dataset=dict(name='fashion_mnist'))))
-  rng = np.random.default_rng(1)
-  fake = rng.uniform(-1, 1, size=(2, 32, 32, 1)).astype(np.float32)
-  real = rng.uniform(-1, 1, size=(2, 32, 32, 1)).astype(np.float32)
-  monkeypatch.setattr(restore, 'load_config', lambda wd: json.loads((workdir / 'config.json').read_text()))
-  monkeypatch.setattr(sample_lib, 'ensure_model_registered', lambda config: None)
-  monkeypatch.setattr(sample_lib, 'resolve_settings', lambda raw, config: dict(num_samples=2))
-  monkeypatch.setattr(sample_lib, 'generate', lambda s, c, log=print: (fake, None, dict(step=3, labels=None)))
-  monkeypatch.setattr(evaluate, 'real_images', lambda config, num: real[:num])
-  scalars = {}  # a TensorBoard stand-in (clu's writer would import TensorFlow)
-  writer = types.SimpleNamespace(write_scalars=lambda step, d: scalars.update(d), flush=lambda: None,
-                                 close=lambda: None)
-  fake_writers = types.ModuleType('clu.metric_writers')
-  fake_writers.create_default_writer = lambda *a, **k: writer
-  import clu
-  monkeypatch.setitem(sys.modules, 'clu.metric_writers', fake_writers)
-  monkeypatch.setattr(clu, 'metric_writers', fake_writers, raising=False)
-  digest = inc.file_sha256(paths['legacy'])
-  argv = ['evaluate', f'--workdir={workdir}', '--num_samples=2', '--noprecision_recall',
+  (workdir / 'config.json').write_text(json.dumps(dict(image_res=32, num_channels=1, model=dict(name='uvit'),
+                                                       dataset=dict(name='fashion_mnist'))))
+  monkeypatch.setattr(generation, 'prepare', lambda *a, **k: (_ for _ in ()).throw(AssertionError('sampled')))
+  argv = ['evaluate', f'--workdir={workdir}', '--num_samples=2', '--noprecision_recall', '--features=inception',
           f'--inception_weights={paths["legacy"]}']
   with pytest.raises(ValueError, match=inc.STANDARD_SHA256):  # refused before any sampling
     evaluate.main(argv)
-  out = evaluate.main(argv + [f'--inception_sha256={digest}'])
-  assert np.isfinite(out['fid_inception']) and out['fid_inception'] > 0
-  assert out['inception_net']['sha256'] == digest and out['inception_net']['preprocess'] == 'tf'
-  written = json.loads((workdir / 'eval' / 'fd_3.json').read_text())
-  assert written['fid_inception'] == out['fid_inception'] and written['inception_net']['sha256'] == digest
-  assert scalars['eval/fid_inception'] == out['fid_inception']
+  with pytest.raises(ValueError, match='inception_sha256 must be a 64-digit hex'):
+    evaluate.main(argv + ['--inception_sha256=abc'])
 
 
 def test_few_sample_fd_matches_the_covariance_route():
@@ -408,3 +387,15 @@ def test_few_sample_fd_matches_the_covariance_route():
     want = fd.frechet_distance(*fd.feature_stats(x1), *fd.feature_stats(x2))
     assert fd.frechet_distance_features(x1, x2) == pytest.approx(want, rel=1e-6)
     assert fd.frechet_distance_features(x1, x1) == pytest.approx(0.0, abs=1e-9)
+
+
+def test_tf_resize_matches_tensorflow_resize_bilinear():
+  # The 'tf' preprocessing against TF1's own ResizeBilinear (align_corners=False, no half-pixel centres),
+  # the op of the reference FID graph; tensorflow is installed for tfds.
+  tf = pytest.importorskip('tensorflow')
+  for shape in ((2, 32, 32, 3), (1, 28, 40, 3)):
+    p = np.random.default_rng(0).integers(0, 256, size=shape).astype(np.float32)
+    ours = np.asarray(inc.preprocess(p / 127.5 - 1, 'tf')) * 128 + 128
+    theirs = tf.compat.v1.image.resize_bilinear(p, [299, 299], align_corners=False,
+                                                half_pixel_centers=False).numpy()
+    np.testing.assert_allclose(ours, theirs, rtol=0, atol=1e-3)

@@ -132,18 +132,19 @@ def test_sample_npz_regenerates_exactly_from_its_json(run):
 
   again, _, _ = sample_cli.main(['sample', '--settings', out + '.json', '--out', str(run.root / 'again.npz')])
   np.testing.assert_array_equal(again, saved)  # bitwise
-  # Chunks: sample i depends on (seed, batch_size, i, label), not on num_samples.
+  # Per-sample keys: sample i depends on (seed, i, label), not on num_samples or batch_size.
   first4, _, _ = sample_cli.main(
-      ['sample', '--workdir', run.workdir, '--num_samples', '4', '--num_steps', STEPS, '--guidance', '1.0',
-       '--guidance_interval=-3,5', '--seed', '3', '--out', str(run.root / 'first4.npz')])
-  np.testing.assert_array_equal(first4, saved[:4])
-  # And they are the trainer's sampler on the chunk key fold_in(PRNGKey(seed), 0).
-  key0 = jax.random.fold_in(jax.random.PRNGKey(3), 0)
+      ['sample', '--workdir', run.workdir, '--num_samples', '4', '--batch_size', '3', '--num_steps', STEPS,
+       '--guidance', '1.0', '--guidance_interval=-3,5', '--seed', '3', '--out', str(run.root / 'first4.npz')])
+  np.testing.assert_allclose(first4, saved[:4], rtol=0, atol=1e-5)
+  # And sample i is the trainer's one-sample sampler on the key fold_in(PRNGKey(seed), i).
   params, _ = restore.load_ema_params(run.workdir)
-  fn = restore.sample_fn(restore.override_sampler(restore.load_config(run.workdir), num_steps=4), 4, 1)
-  same = np.clip(np.asarray(fn(params, key0, jnp.arange(4, dtype=jnp.int32), jnp.float32(1.0),
-                               jnp.float32(-3.0), jnp.float32(5.0))), -1, 1)
-  np.testing.assert_array_equal(same, saved[:4])
+  fn = restore.sample_fn(restore.override_sampler(restore.load_config(run.workdir), num_steps=4), 1, 1)
+  for i in (0, 5):
+    key = jax.random.fold_in(jax.random.PRNGKey(3), i)
+    same = np.clip(np.asarray(fn(params, key, jnp.asarray([i], jnp.int32), jnp.float32(1.0),
+                                 jnp.float32(-3.0), jnp.float32(5.0))), -1, 1)
+    np.testing.assert_allclose(same[0], saved[i], rtol=0, atol=1e-5)
 
 
 def test_sample_png_with_one_class_label(run):

@@ -148,3 +148,26 @@ def batched_features(feature_fn: Callable, images, batch_size: int = 500) -> np.
       chunk = np.concatenate([chunk, np.zeros((pad,) + IMAGE_SHAPE, np.float32)])
     out.append(np.asarray(feature_fn(chunk), np.float64)[:batch_size - pad])
   return np.concatenate(out) if out else np.zeros((0, FEATURE_DIM))
+
+
+FASHION_MNIST_TEST_SIZE = 10_000
+
+
+def check_fmnist_config(config) -> None:
+  """ValueError unless the run makes 32x32x1 images (this feature net's input)."""
+  from sid2 import restore  # pylint: disable=g-import-not-at-top
+  res = config.get('image_res', None)
+  channels = config.get('num_channels', None) or restore.KNOWN_CHANNELS.get(
+      config.get('dataset', {}).get('name', None))
+  if res != 32 or channels != 1:
+    raise ValueError(f'the Fashion-MNIST feature net (sid2/eval/weights/fmnist_classifier.safetensors) takes only '
+                     f'32x32x1 (Fashion-MNIST-like) runs; this run has image_res={res!r}, num_channels='
+                     f'{channels!r} (dataset.name={config.get("dataset", {}).get("name", None)!r})')
+
+
+def fashion_mnist_test_images(config, num: int) -> np.ndarray:
+  """The first `num` Fashion-MNIST test images at 32x32x1 in [-1, 1] (data_dir from a fashion_mnist config)."""
+  from sid2 import data  # pylint: disable=g-import-not-at-top
+  dataset = config.get('dataset', {})
+  data_dir = dataset.get('data_dir', None) if dataset.get('name', None) == 'fashion_mnist' else None
+  return data.load_eval_images(dict(name='fashion_mnist', split='test', data_dir=data_dir or None), 32, num)
