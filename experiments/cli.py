@@ -1,14 +1,17 @@
 """Shared by the command-line entry points: `main(argv, flag_values)` parses argv into a fresh FlagValues (so
 it is callable from tests and other scripts without touching absl's global flags); `cli_entry` runs it under
-absl with the global flags."""
+absl with the global flags; `define_sampler_flags` / `sampler_flag_values` are the sampler flags of every
+command, defined once from `sid2.sampling`."""
 from __future__ import annotations
 
 import sys
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 from absl import app
 from absl import flags
 from absl import logging
+
+from sid2 import sampling
 
 
 def parse(argv, define_flags: Callable[[flags.FlagValues], None],
@@ -38,3 +41,16 @@ def cli_entry(main_fn, define_fn):
       sys.exit(f'error: {e}')
 
   app.run(entry)
+
+
+def define_sampler_flags(fv: flags.FlagValues, fields: Sequence[str] = sampling.FLAG_FIELDS):
+  """Defines the sampler flags (--sampler, --num_steps, --clip_x, ... per `sampling.flag_specs`) on `fv`, all
+  defaulting to None (= the workdir config's value)."""
+  define = dict(string=flags.DEFINE_string, integer=flags.DEFINE_integer, float=flags.DEFINE_float)
+  for name, kind, help_text in sampling.flag_specs(fields):
+    define[kind](name, None, help_text, flag_values=fv)
+
+
+def sampler_flag_values(fv: flags.FlagValues, fields: Sequence[str] = sampling.FLAG_FIELDS) -> dict:
+  """{flag name: value} of the sampler flags defined by `define_sampler_flags(fv, fields)`."""
+  return {name: fv[name].value for name, _, _ in sampling.flag_specs(fields)}

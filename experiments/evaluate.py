@@ -50,13 +50,7 @@ def define_flags(fv: flags.FlagValues):
   flags.DEFINE_integer('step', None, 'Checkpoint step (default: the latest readable one).', **d)
   flags.DEFINE_integer('num_samples', 10_000, f'Generated and real images each (at most {MAX_REAL}).', **d)
   flags.DEFINE_integer('batch_size', 500, 'Samples per jitted sampling call.', **d)
-  flags.DEFINE_string('sampler', None, "'ddpm', 'ddim' or 'addim' (default: config.sampler.name).", **d)
-  flags.DEFINE_integer('num_steps', None, 'Sampler steps.', **d)
-  flags.DEFINE_string('clip_x', None, "'none' or 'static'.", **d)
-  flags.DEFINE_string('logvar_type', None, "DDPM variance: 'small', 'large' or a fraction in [0, 1].", **d)
-  flags.DEFINE_float('eta', None, 'DDIM noise in [0, 1].', **d)
-  flags.DEFINE_float('guidance', None, 'Guidance w (0 = none; SiD2 convention).', **d)
-  flags.DEFINE_string('guidance_interval', None, "'lo,hi' logSNR interval or 'none'.", **d)
+  cli.define_sampler_flags(fv)  # --sampler, --num_steps, --clip_x, ... (sid2.sampling)
   flags.DEFINE_integer('seed', 0, 'Sampling seed.', **d)
   flags.DEFINE_bool('precision_recall', True, 'Also compute k-NN precision/recall (k = 3).', **d)
   flags.DEFINE_string('features', features_lib.DEFAULT_WEIGHTS, 'Feature-net safetensors file.', **d)
@@ -166,9 +160,8 @@ def evaluate(raw: dict, *, compute_pr: bool = True, features_path: str = feature
 def main(argv, flag_values: Optional[flags.FlagValues] = None):
   """CLI entry; flags parsed into a fresh FlagValues unless given."""
   fv = cli.parse(argv, define_flags, flag_values)
-  names = ('workdir', 'step', 'num_samples', 'batch_size', 'sampler', 'num_steps', 'clip_x', 'logvar_type',
-           'eta', 'guidance', 'guidance_interval', 'seed')
-  raw = {n: fv[n].value for n in names}
+  raw = {n: fv[n].value for n in ('workdir', 'step', 'num_samples', 'batch_size', 'seed')}
+  raw.update(cli.sampler_flag_values(fv))
   raw.update(labels=None, class_label=None)
   logging.info('evaluate flags: %s', raw)
   return evaluate(raw, compute_pr=fv.precision_recall, features_path=fv.features, save_samples=fv.save_samples,

@@ -35,6 +35,7 @@ from absl import logging
 from experiments import cli
 from sid2 import models
 from sid2 import restore
+from sid2 import sampling
 
 OUT_EXTENSIONS = ('.png', '.npz')
 SETTINGS_VERSION = 1
@@ -51,13 +52,7 @@ def define_flags(fv: flags.FlagValues):
   flags.DEFINE_integer('step', None, 'Checkpoint step (default: the latest readable one).', **d)
   flags.DEFINE_integer('num_samples', None, 'Number of samples (default: config.sampler.num_samples).', **d)
   flags.DEFINE_integer('batch_size', None, 'Samples per jitted call (default: all at once).', **d)
-  flags.DEFINE_string('sampler', None, "'ddpm', 'ddim' or 'addim' (default: config.sampler.name).", **d)
-  flags.DEFINE_integer('num_steps', None, 'Sampler steps = network evaluations per sample.', **d)
-  flags.DEFINE_string('clip_x', None, "'none' or 'static'.", **d)
-  flags.DEFINE_string('logvar_type', None, "DDPM variance: 'small', 'large' or a fraction in [0, 1].", **d)
-  flags.DEFINE_float('eta', None, 'DDIM noise in [0, 1].', **d)
-  flags.DEFINE_float('guidance', None, 'Guidance w (0 = none; SiD2 convention).', **d)
-  flags.DEFINE_string('guidance_interval', None, "'lo,hi' logSNR interval (e.g. -3,5) or 'none'.", **d)
+  cli.define_sampler_flags(fv)  # --sampler, --num_steps, --clip_x, ... (sid2.sampling)
   flags.DEFINE_string('labels', None, 'Comma-separated class labels, repeated (or cut) to num_samples.', **d)
   flags.DEFINE_integer('class_label', None, 'One class label for all samples.', **d)
   flags.DEFINE_integer('seed', 0, 'Random seed.', **d)
@@ -79,24 +74,7 @@ def ensure_model_registered(config):
   restore.check_model_registered(config)
 
 
-def parse_interval(text) -> Optional[tuple]:
-  """'lo,hi' -> (lo, hi) with lo < hi; 'none' -> None (constant guidance). ValueError otherwise."""
-  if isinstance(text, (list, tuple)):
-    parts = list(text)
-  elif isinstance(text, str) and text.strip().lower() in ('none', 'off', ''):
-    return None
-  elif isinstance(text, str):
-    parts = text.split(',')
-  else:
-    parts = None
-  try:
-    lo, hi = (float(p) for p in parts)
-  except (TypeError, ValueError):
-    raise ValueError(f"guidance_interval must be 'lo,hi' (two logSNRs with lo < hi, e.g. -3,5) or 'none' "
-                     f'(constant guidance); got {text!r}') from None
-  if not lo < hi or math.isnan(lo) or math.isnan(hi):
-    raise ValueError(f'guidance_interval must have lo < hi; got {text!r}')
-  return lo, hi
+parse_interval = sampling.parse_interval  # 'lo,hi' -> (lo, hi); 'none' -> None
 
 
 def parse_labels(text: str) -> list:
@@ -114,8 +92,8 @@ def _positive_int(value, field):
   return value
 
 
-def _config_interval(sampler_cfg):
-  interval = tuple(sampler_cfg.get('guidance_interval', ()) or ())
+def _config_interval(settings):
+  interval = settings.guidance_interval
   if not interval or (math.isinf(interval[0]) and math.isinf(interval[1])):
     return None
   return parse_interval(interval)
@@ -137,16 +115,11 @@ def resolve_settings(raw: dict, config) -> dict:
   seed = raw.get('seed', 0)
   if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2 ** 63:
     raise ValueError(f'seed must be an integer in [0, 2^63); got {seed!r}')
-  logvar = raw.get('logvar_type')
-  sampled = restore.override_sampler(  # validates sampler, num_steps, clip_x, logvar_type, eta
-      config, name=raw.get('sampler'), num_steps=raw.get('num_steps'), clip_x=raw.get('clip_x'),
-      logvar_type=None if logvar is None else str(logvar), eta=raw.get('eta')).sampler
-  guidance = raw.get('guidance')
-  guidance = float(s_cfg.get('guidance', 0.0)) if guidance is None else guidance
-  if isinstance(guidance, bool) or not isinstance(guidance, (int, float)) or not math.isfinite(guidance):
-    raise ValueError(f'guidance must be a finite number (0 = no guidance); got {guidance!r}')
+  sampled = sampling.SamplerSettings.from_config(s_cfg).override(  # validates every sampler field
+      **sampling.overrides_from_record(raw, sampling.VALUE_FIELDS))
   interval = raw.get('guidance_interval', 'default')
-  interval = _config_interval(s_cfg) if interval in (None, 'default') else parse_interval(interval)
+  interval = _config_interval(sampled) if interval in (None, 'default') else parse_interval(interval)
+  guidance = sampled.guidance
 
   labels, class_label = raw.get('labels'), raw.get('class_label')
   num_classes = int(config.model.get('num_classes', 0) or 0)
@@ -174,17 +147,16 @@ def resolve_settings(raw: dict, config) -> dict:
   if step is not None and step not in steps:
     raise ValueError(f'step={step!r} is not a checkpoint of {raw["workdir"]}; available steps: {steps}')
   return dict(version=SETTINGS_VERSION, workdir=os.path.abspath(raw['workdir']), step=step,
-              num_samples=num_samples, batch_size=batch_size, sampler=sampled.name,
-              num_steps=int(sampled.num_steps), clip_x=sampled.clip_x, logvar_type=str(sampled.logvar_type),
-              eta=float(sampled.get('eta', 0.0)), guidance=float(guidance),
-              guidance_interval=None if interval is None else list(interval), labels=labels, seed=seed,
+              num_samples=num_samples, batch_size=batch_size,
+              **sampled.override(guidance=float(guidance), guidance_interval=interval or ()).to_record(),
+              labels=labels, seed=seed,
               out=os.path.abspath(out), params_sha256=raw.get('params_sha256'))
 
 
 def raw_from_flags(fv) -> dict:
   """User values from the flags, or from --settings (only --out / --workdir may be given beside it)."""
-  names = ('workdir', 'out', 'step', 'num_samples', 'batch_size', 'sampler', 'num_steps', 'clip_x',
-           'logvar_type', 'eta', 'guidance', 'guidance_interval', 'labels', 'class_label', 'seed')
+  names = ('workdir', 'out', 'step', 'num_samples', 'batch_size') + sampling.FLAG_NAMES + (
+      'labels', 'class_label', 'seed')
   if fv.settings:
     extra = sorted(n for n in names if fv[n].present and n not in SETTINGS_OVERRIDABLE)
     if extra:
@@ -221,9 +193,7 @@ def generate(settings: dict, config, *, log=print):
   if settings.get('params_sha256') and settings['params_sha256'] != digest:
     raise ValueError(f'the parameters of step {restored.step} (sha256 {digest}) are not those recorded in the '
                      f'settings (sha256 {settings["params_sha256"]}): the samples would differ')
-  s_config = restore.override_sampler(config, name=settings['sampler'], num_steps=settings['num_steps'],
-                                      clip_x=settings['clip_x'], logvar_type=settings['logvar_type'],
-                                      eta=settings['eta'])
+  s_config = restore.override_sampler(config, **sampling.overrides_from_record(settings))
   n, b = settings['num_samples'], settings['batch_size']
   fn = restore.sample_fn(s_config, b, restored.num_channels)
   lo, hi = settings['guidance_interval'] or (-math.inf, math.inf)

@@ -10,7 +10,7 @@ import ml_collections
 from sid2 import losses
 from sid2 import models
 from sid2 import parametrization
-from sid2 import samplers
+from sid2 import sampling
 from sid2 import schedules
 from sid2 import sharding
 
@@ -30,8 +30,7 @@ OPTIMIZER = {'name': str, 'learning_rate': float, 'beta1': float, 'beta2': float
              'end_factor': float}
 DATASET = {'name': str, 'split': str, 'data_dir': str, 'shuffle_buffer': int, 'num_classes': int,
            'num_frames': int, 'num_channels': int}  # the last two: video datasets (sid2.video_data)
-SAMPLER = {'name': str, 'num_steps': int, 'clip_x': str, 'logvar_type': str, 'eta': float,
-           'guidance': float, 'guidance_interval': tuple, 'num_samples': int}
+SAMPLER = sampling.CONFIG_SCHEMA  # name, num_steps, clip_x, ... (sid2.sampling.SamplerSettings)
 
 
 def _check_fields(cfg, schema, prefix, required=True, optional=None):
@@ -101,16 +100,10 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int = 1):
   if 'name' not in config.dataset:
     raise ValueError('missing config field dataset.name')
   _check_fields(config.sampler, SAMPLER, 'sampler.', required=False)
-  s = config.sampler
   try:
-    samplers.validate_sampler_args(sampler=s.name, num_steps=s.num_steps, clip_x=s.clip_x,
-                                   logvar_type=s.logvar_type, eta=s.get('eta', 0.0))
+    sampling.SamplerSettings.from_config(config.sampler)
   except ValueError as e:
     raise ValueError(f'config field sampler: {e}') from None
-  interval = s.get('guidance_interval', ())
-  if interval and (len(interval) != 2 or not interval[0] < interval[1]):
-    raise ValueError(f'config field sampler.guidance_interval must be () or (lo, hi) with lo < hi; '
-                     f'got {interval!r}')
   try:
     models.validate_model_config(config.model, config.image_res)
   except ValueError as e:

@@ -26,7 +26,7 @@ import ml_collections
 import orbax.checkpoint as ocp
 
 from sid2 import models
-from sid2 import samplers
+from sid2 import sampling
 
 # Channel counts tried, in order, when neither the config (`num_channels`) nor the dataset name gives it.
 CHANNEL_CANDIDATES = (1, 3, 4, 2)
@@ -193,25 +193,20 @@ def load_ema_params(workdir: str, step: Optional[int] = None, *, config=None, sh
 # ---------------------------------------------------------------------------------------------------------
 # Sampling from a restored workdir (shared by experiments.sample and experiments.export).
 
-SAMPLER_FIELDS = ('name', 'num_steps', 'clip_x', 'logvar_type', 'eta')
+SAMPLER_FIELDS = sampling.LOOP_FIELDS  # the sampler fields that shape the compiled loop
 
 
 def override_sampler(config, **overrides):
   """A copy of `config` whose `sampler` sub-config has the given non-None fields replaced and validated.
 
-  Keys are those of `config.sampler` (name, num_steps, clip_x, logvar_type, eta, guidance,
-  guidance_interval, num_samples). ValueError (naming the field) for an unknown key or a bad setting.
+  Keys are the fields of `sid2.sampling.SamplerSettings`. ValueError (naming the field) for an unknown key
+  or a bad setting.
   """
+  settings = sampling.SamplerSettings.from_config(config.sampler).override(**overrides)
   config = ml_collections.ConfigDict(config.to_dict())
   for k, v in overrides.items():
-    if k not in ('name', 'num_steps', 'clip_x', 'logvar_type', 'eta', 'guidance', 'guidance_interval',
-                 'num_samples'):
-      raise ValueError(f'unknown sampler field {k!r}')
     if v is not None:
-      config.sampler[k] = v
-  s = config.sampler
-  samplers.validate_sampler_args(sampler=s.name, num_steps=s.num_steps, clip_x=s.clip_x,
-                                 logvar_type=str(s.logvar_type), eta=s.get('eta', 0.0))
+      config.sampler[k] = getattr(settings, k)
   return config
 
 

@@ -32,6 +32,7 @@ from sid2 import losses
 from sid2 import models
 from sid2 import parametrization as param_lib
 from sid2 import samplers
+from sid2 import sampling
 from sid2 import schedules
 from sid2 import sharding as sharding_lib
 from sid2 import train_step as ts
@@ -125,13 +126,10 @@ def make_sample_fn(model, config, num_samples, num_channels, embedding_labels=Fa
   embedding_labels: labels are conditioning embeddings (e.g. text [N, S, D]) and the unconditional branch
   is the model called with labels=None (its own null context).
   """
-  s = config.sampler
-  res = config.image_res
-  schedule = schedules.get_schedule(config.schedule, image_res=res)
+  settings = sampling.SamplerSettings.from_config(config.sampler)
+  schedule = schedules.get_schedule(config.schedule, image_res=config.image_res)
   loop = samplers.sample_loop_fn((num_samples,) + example_shape(model, config, num_channels), schedule,
-                                 sampler=s.name,
-                                 num_steps=s.num_steps, clip_x=s.clip_x, logvar_type=s.logvar_type,
-                                 eta=s.get('eta', 0.0))
+                                 **settings.loop_kwargs())
   x_pred = make_x_pred(model, config.parametrization)
   num_classes = config.model.get('num_classes', 0)
 
@@ -149,9 +147,8 @@ def make_sample_fn(model, config, num_samples, num_channels, embedding_labels=Fa
 
 
 def guidance_args(config):
-  s = config.sampler
-  interval = tuple(s.get('guidance_interval', ())) or (-math.inf, math.inf)
-  return jnp.float32(s.get('guidance', 0.0)), jnp.float32(interval[0]), jnp.float32(interval[1])
+  """(w, lo, hi) float32 of the config's guidance (SPEC §7); see `sampling.SamplerSettings.guidance_args`."""
+  return sampling.SamplerSettings.from_config(config.sampler).guidance_args()
 
 
 def write_loss_vs_logsnr(path, step, sums, mse_sums, counts):
@@ -256,7 +253,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, stop_
                config.model.name, num_params / 1e6, jax.device_count(), jax.process_count(), dict(mesh.shape),
                sharding_lib.bytes_per_device(state) / 2 ** 20)
 
-  num_samples = config.sampler.get('num_samples', 64)
+  num_samples = sampling.SamplerSettings.from_config(config.sampler).num_samples
   # Text-conditioned data: samples are conditioned on the first dataset rows' embeddings.
   sample_text = ds.extra_rows('text', num_samples) if getattr(ds, 'has_extra', lambda k: False)('text') \
       and num_samples > 0 else None
