@@ -31,6 +31,7 @@ from sid2 import guidance as guidance_lib
 from sid2 import losses
 from sid2 import models
 from sid2 import parametrization as param_lib
+from sid2 import registry
 from sid2 import samplers
 from sid2 import sampling
 from sid2 import schedules
@@ -45,12 +46,14 @@ class NonFiniteError(RuntimeError):
 
 # Auxiliary losses chosen by `config.distill.name` (other packages register theirs; sid2 imports none):
 # builder(config, model, num_channels) -> (apply_fn returning (output, features), aux_loss_fn, frozen pytree).
-AUX_LOSSES = {}
+AUX_LOSS_REGISTRY = registry.Registry('aux loss', field='distill.name')
+AUX_LOSSES = AUX_LOSS_REGISTRY.entries
 
 
-def register_aux_loss(name, builder):
-  """Registers an auxiliary-loss builder (e.g. spectral's distillation) under `config.distill.name`."""
-  AUX_LOSSES[name] = builder
+def register_aux_loss(name, builder=None):
+  """Registers an auxiliary-loss builder (e.g. spectral's distillation) under `config.distill.name` (without
+  `builder`: a decorator). Re-registering the same builder is a no-op."""
+  return AUX_LOSS_REGISTRY.register(name, builder)
 
 
 def build_aux_loss(config, model, num_channels):
@@ -218,7 +221,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, stop_
   model = build_model(config, ds.num_channels)
   check_data_frames(model, config, ds)  # videos [T, H, W, C] for video models, else images
   schedule = schedules.get_schedule(config.schedule, image_res=config.image_res)
-  loss_fn = losses.get_loss(config.loss_type, schedule)
+  loss_fn = losses.parse_loss(config.loss_type).loss_fn(schedule)
   optimizer, lr_fn = ts.make_optimizer(config.optimizer, config.total_steps)
   step_cfg = ts.StepConfig(ema_decay=config.ema_decay, num_classes=config.model.get('num_classes', 0),
                            cond_drop_prob=config.cond_drop_prob, low_discrepancy=config.low_discrepancy)
