@@ -185,8 +185,9 @@ def main(argv):
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   if not FLAGS['verbosity'].present:
     logging.set_verbosity(logging.WARNING)
-  import spectral  # pylint: disable=g-import-not-at-top,unused-import  (registers more models)
+  from sid2 import plugins  # pylint: disable=g-import-not-at-top
   base = FLAGS.config
+  plugins.load_plugins(base)  # config.plugins (registers more models)
   steps = FLAGS.steps if FLAGS.steps is not None else base.total_steps
   eval_every = FLAGS.eval_every if FLAGS.eval_every is not None else base.eval_every
   try:

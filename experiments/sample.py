@@ -21,7 +21,6 @@ guidance); guidance w uses SiD2's convention (0 = none; SPEC §11).
 """
 from __future__ import annotations
 
-import importlib
 import json
 import math
 import os
@@ -33,7 +32,7 @@ from absl import flags
 from absl import logging
 
 from experiments import cli
-from sid2 import models
+from sid2 import plugins
 from sid2 import restore
 from sid2 import sampling
 
@@ -62,15 +61,8 @@ def define_flags(fv: flags.FlagValues):
 # Parsing and validation (all before any compute).
 
 def ensure_model_registered(config):
-  """Imports `spectral` (which registers more models) when the config's model is not a sid2 model.
-
-  sid2 never imports spectral; the commands do, here. ValueError if the model is still unknown.
-  """
-  if config.model.get('name', None) not in models.MODELS:
-    try:
-      importlib.import_module('spectral')
-    except ImportError as e:
-      logging.warning('could not import spectral (%s)', e)
+  """Imports the config's plugins (`sid2.plugins.load_plugins`), then ValueError if its model is unknown."""
+  plugins.load_plugins(config)
   restore.check_model_registered(config)
 
 

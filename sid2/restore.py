@@ -9,8 +9,8 @@ of the memory of a full restore. The restore target is exact: the model is initi
 the checkpoint's metadata before anything is read. As in the trainer, a checkpoint that cannot be read
 (corrupt, partial) is skipped with a warning and the previous one is used.
 
-The model must be registered in `sid2.models` (sid2 registers `uvit`); for other names import the package
-that registers them first (e.g. `import spectral`), as `experiments.sample` and `experiments.export` do.
+The model must be registered in `sid2.models` (sid2 registers `uvit`); other names come from the config's
+plugins (`sid2.plugins.load_plugins`, which the commands call) or a package imported first.
 """
 from __future__ import annotations
 
@@ -26,6 +26,7 @@ import ml_collections
 import orbax.checkpoint as ocp
 
 from sid2 import models
+from sid2 import plugins
 from sid2 import sampling
 
 # Channel counts tried, in order, when neither the config (`num_channels`) nor the dataset name gives it.
@@ -73,8 +74,7 @@ def check_model_registered(config):
   name = config.model.get('name', None)
   if name not in models.MODELS:
     raise ValueError(f'config field model.name={name!r} is not a registered model (registered: '
-                     f'{sorted(models.MODELS)}); import the package that registers it before loading, '
-                     'e.g. `import spectral` (experiments.sample and experiments.export do this)')
+                     f'{sorted(models.MODELS)}); {plugins.missing_hint()} (the commands load config.plugins)')
 
 
 def abstract_params(config, num_channels: int, sharding=None):
