@@ -21,6 +21,8 @@ Entry points
   `jax.jit(lambda params, rng: loop(functools.partial(model_apply, params), rng))`.
 
 The per-step updates `ddpm_step`, `ddim_step`, `addim_step` are pure functions of arrays, usable alone.
+Each sampler name is a `register_sampler` entry of `SAMPLERS` (its step and whether it draws noise); the scan
+looks the step up by name at trace time, so a new sampler is one decorated function.
 """
 from __future__ import annotations
 
