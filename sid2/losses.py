@@ -183,7 +183,8 @@ def parse_loss(loss_type, image_res=None) -> Loss:
     except ValueError as e:
       raise ValueError(f'{e}; allowed loss_type values: {", ".join(loss_type_names())}') from None
     if weighting is None:
-      raise ValueError(f'unknown loss_type {loss_type!r}; allowed: {", ".join(loss_type_names())}')
+      raise ValueError(f'unknown loss_type {loss_type!r}; allowed loss_type values: '
+                       f'{", ".join(loss_type_names())}')
     loss = weighted_loss(loss_type, weighting)
   loss.check_image_res(image_res)
   return loss
