@@ -17,6 +17,7 @@ SLIM = dict(channels=(16, 32, 32), blocks=(1, 1, 1), heads=(0, 0, 1), mid_heads=
 def fmnist_config(description, model):
   """Fashion-MNIST 32x32 training around `model`, with the Tables 2-3 objective at a small scale."""
   c = ml_collections.ConfigDict()
+  c.plugins = ('spectral',)  # sid2.plugins: the entry points import spectral (models, distillation)
   c.description = description
   c.seed = 0
   c.batch_size = 64

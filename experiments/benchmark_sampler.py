@@ -25,7 +25,6 @@ from sid2 import runtime  # first, before jax: one CPU device per core, persiste
 runtime.configure(__name__)  # (only when run as a program)
 
 import json
-import math
 import statistics
 import time
 from typing import Optional
@@ -39,6 +38,7 @@ from ml_collections import config_flags
 from experiments import cli
 from sid2 import restore
 from sid2 import samplers
+from sid2 import sampling
 from sid2 import schedules
 from sid2 import trainer
 
@@ -72,12 +72,12 @@ def time_interleaved(fns: dict, repeats: int) -> dict:
 def guided_mask(config, num_steps):
   """[S] bools: which sampler steps evaluate the network on [z; z] (guidance on and lambda_t inside the
   interval; SPEC §7)."""
-  s = config.sampler
+  s = sampling.SamplerSettings.from_config(config.sampler)
   schedule = schedules.get_schedule(config.schedule, image_res=config.image_res)
   logsnr_t = np.asarray(samplers.logsnr_grid(schedule, num_steps))[:-1]
-  if not config.model.get('num_classes', 0) or float(s.get('guidance', 0.0)) == 0:
+  if not config.model.get('num_classes', 0) or s.guidance == 0:
     return np.zeros(num_steps, bool)
-  lo, hi = (tuple(s.get('guidance_interval', ())) or (-math.inf, math.inf))
+  lo, hi = s.interval_bounds()
   return (logsnr_t > lo) & (logsnr_t < hi)
 
 
@@ -137,9 +137,8 @@ def benchmark(config, num_samples: int, num_steps: int, num_channels: int, repea
 
 
   # 4. The sampler around a near-free network: what the sampler itself costs.
-  s = config.sampler
-  loop = samplers.sample_loop_fn((n, res, res, num_channels), schedule, sampler=s.name, num_steps=num_steps,
-                                 clip_x=s.clip_x, logvar_type=str(s.logvar_type), eta=s.get('eta', 0.0))
+  s = sampling.SamplerSettings.from_config(config.sampler)  # num_steps already overridden above
+  loop = samplers.sample_loop_fn((n, res, res, num_channels), schedule, **s.loop_kwargs())
   cheap = jax.jit(lambda r: loop(lambda z, logsnr: 0.5 * z, r))
   runs = time_interleaved(dict(sampler=run_sampler, network=run_network, dispatched=run_dispatched,
                                overhead=lambda: cheap(rng).block_until_ready()), repeats)

@@ -1,14 +1,17 @@
 """Shared by the command-line entry points: `main(argv, flag_values)` parses argv into a fresh FlagValues (so
 it is callable from tests and other scripts without touching absl's global flags); `cli_entry` runs it under
-absl with the global flags."""
+absl with the global flags; `define_sampler_flags` / `sampler_flag_values` are the sampler flags of every
+command, defined once from `sid2.sampling`."""
 from __future__ import annotations
 
 import sys
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 from absl import app
 from absl import flags
 from absl import logging
+
+from sid2 import sampling
 
 
 def parse(argv, define_flags: Callable[[flags.FlagValues], None],
@@ -41,16 +44,21 @@ def cli_entry(main_fn, define_fn):
 
 
 def ensure_model_registered(config):
-  """Imports `spectral` (which registers more models) when the config's model is not a sid2 model.
-
-  sid2 never imports spectral; the commands do, here. ValueError if the model is still unknown.
-  """
-  import importlib  # pylint: disable=g-import-not-at-top
-  from sid2 import models  # pylint: disable=g-import-not-at-top
+  """Imports the config's plugins (`sid2.plugins.load_plugins`), then ValueError if its model is unknown."""
+  from sid2 import plugins  # pylint: disable=g-import-not-at-top
   from sid2 import restore  # pylint: disable=g-import-not-at-top
-  if config.model.get('name', None) not in models.MODELS:
-    try:
-      importlib.import_module('spectral')
-    except ImportError as e:
-      logging.warning('could not import spectral (%s)', e)
+  plugins.load_plugins(config)
   restore.check_model_registered(config)
+
+
+def define_sampler_flags(fv: flags.FlagValues, fields: Sequence[str] = sampling.FLAG_FIELDS):
+  """Defines the sampler flags (--sampler, --num_steps, --clip_x, ... per `sampling.flag_specs`) on `fv`, all
+  defaulting to None (= the workdir config's value)."""
+  define = dict(string=flags.DEFINE_string, integer=flags.DEFINE_integer, float=flags.DEFINE_float)
+  for name, kind, help_text in sampling.flag_specs(fields):
+    define[kind](name, None, help_text, flag_values=fv)
+
+
+def sampler_flag_values(fv: flags.FlagValues, fields: Sequence[str] = sampling.FLAG_FIELDS) -> dict:
+  """{flag name: value} of the sampler flags defined by `define_sampler_flags(fv, fields)`."""
+  return {name: fv[name].value for name, _, _ in sampling.flag_specs(fields)}

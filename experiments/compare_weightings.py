@@ -30,10 +30,11 @@ from absl import logging
 from ml_collections import config_flags
 import numpy as np
 
+from sid2 import sampling
+
 DEFAULT_LOSS_TYPES = ('sigmoid:2.55', 'edm_monotonic', 'sigmoid:-1:2.55:800')
 # Settings that must match for a stored fd_<step>.json to be reused.
-REUSE_KEYS = ('num_samples', 'batch_size', 'sampler', 'num_steps', 'clip_x', 'logvar_type', 'eta', 'guidance',
-              'seed')
+REUSE_KEYS = ('num_samples', 'batch_size') + sampling.record_keys(sampling.VALUE_FIELDS) + ('seed',)
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file('config', 'configs/fashion_mnist.py', 'Config file with get_config().',
@@ -132,9 +133,9 @@ def run(base, loss_types, *, steps: int, eval_every: int, num_samples: int, out:
     t0 = time.time()
     trainer.train_and_evaluate(cfg, workdir)
     train_seconds = time.time() - t0
-    raw = dict(workdir=workdir, step=None, num_samples=num_samples, batch_size=batch_size, sampler=None,
-               num_steps=num_steps, clip_x=None, logvar_type=None, eta=None, guidance=0.0,
-               guidance_interval='none', seed=seed, labels=None, class_label=None)
+    raw = dict(dict.fromkeys(sampling.FLAG_NAMES), workdir=workdir, step=None, num_samples=num_samples,
+               batch_size=batch_size, num_steps=num_steps, guidance=0.0, guidance_interval='none', seed=seed,
+               labels=None, class_label=None)
     rows = []
     for step in eval_steps(workdir, eval_every, steps):
       rec = _stored(workdir, step, dict(raw, batch_size=min(batch_size, num_samples)))
@@ -185,8 +186,9 @@ def main(argv):
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   if not FLAGS['verbosity'].present:
     logging.set_verbosity(logging.WARNING)
-  import spectral  # pylint: disable=g-import-not-at-top,unused-import  (registers more models)
+  from sid2 import plugins  # pylint: disable=g-import-not-at-top
   base = FLAGS.config
+  plugins.load_plugins(base)  # config.plugins (registers more models)
   steps = FLAGS.steps if FLAGS.steps is not None else base.total_steps
   eval_every = FLAGS.eval_every if FLAGS.eval_every is not None else base.eval_every
   try:

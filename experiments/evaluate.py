@@ -43,6 +43,7 @@ from absl import logging
 
 from experiments import cli
 from sid2 import restore
+from sid2 import sampling
 from sid2.eval import evaluation
 from sid2.eval import feature_nets
 from sid2.eval import features as features_lib
@@ -50,8 +51,7 @@ from sid2.eval import streaming
 
 REAL_SPLIT = evaluation.REAL_SPLIT
 real_images = features_lib.fashion_mnist_test_images  # kept for callers (tests)
-SAMPLING_NAMES = ('workdir', 'step', 'num_samples', 'batch_size', 'sampler', 'num_steps', 'clip_x',
-                  'logvar_type', 'eta', 'guidance', 'guidance_interval', 'seed')
+SAMPLING_NAMES = ('workdir', 'step', 'num_samples', 'batch_size') + sampling.FLAG_NAMES + ('seed',)
 
 
 def define_flags(fv: flags.FlagValues):
@@ -62,13 +62,7 @@ def define_flags(fv: flags.FlagValues):
   flags.DEFINE_integer('num_samples', 10_000, 'Generated images (and at most this many reference images '
                        'when no --ref is given).', **d)
   flags.DEFINE_integer('batch_size', 500, 'Samples per jitted sampling call (over all devices).', **d)
-  flags.DEFINE_string('sampler', None, "'ddpm', 'ddim' or 'addim' (default: config.sampler.name).", **d)
-  flags.DEFINE_integer('num_steps', None, 'Sampler steps.', **d)
-  flags.DEFINE_string('clip_x', None, "'none' or 'static'.", **d)
-  flags.DEFINE_string('logvar_type', None, "DDPM variance: 'small', 'large' or a fraction in [0, 1].", **d)
-  flags.DEFINE_float('eta', None, 'DDIM noise in [0, 1].', **d)
-  flags.DEFINE_float('guidance', None, 'Guidance w (0 = none; SiD2 convention).', **d)
-  flags.DEFINE_string('guidance_interval', None, "'lo,hi' logSNR interval or 'none'.", **d)
+  cli.define_sampler_flags(fv)  # --sampler, --num_steps, --clip_x, ... (sid2.sampling)
   flags.DEFINE_integer('seed', 0, 'Sampling seed.', **d)
   flags.DEFINE_bool('precision_recall', True, 'Also compute k-NN precision/recall (k = 3).', **d)
   flags.DEFINE_integer('pr_cap', streaming.DEFAULT_PR_CAP, 'Samples (and reference images) whose features '

@@ -21,6 +21,10 @@ from absl import flags
 from experiments import cli
 from sid2 import export as export_lib
 from sid2 import restore
+from sid2 import sampling
+
+# The sampler flags of this command (the step count is --export_num_steps, fixed in the exported file).
+SAMPLER_FLAG_FIELDS = tuple(f for f in sampling.LOOP_FIELDS if f != 'num_steps')
 
 
 def define_flags(fv: flags.FlagValues):
@@ -33,10 +37,7 @@ def define_flags(fv: flags.FlagValues):
                        'config.sampler.num_samples).', **d)
   flags.DEFINE_integer('export_num_steps', None, 'Steps of the exported sampler (default: '
                        'config.sampler.num_steps).', **d)
-  flags.DEFINE_string('sampler', None, "'ddpm', 'ddim' or 'addim' (default: config.sampler.name).", **d)
-  flags.DEFINE_string('clip_x', None, "'none' or 'static'.", **d)
-  flags.DEFINE_string('logvar_type', None, "DDPM variance: 'small', 'large' or a fraction in [0, 1].", **d)
-  flags.DEFINE_float('eta', None, 'DDIM noise in [0, 1].', **d)
+  cli.define_sampler_flags(fv, SAMPLER_FLAG_FIELDS)
   flags.DEFINE_string('platforms', ','.join(export_lib.DEFAULT_PLATFORMS),
                       'Comma-separated platforms to lower the sampler for (cpu, cuda, rocm, tpu).', **d)
 
@@ -65,8 +66,7 @@ def main(argv, flag_values: Optional[flags.FlagValues] = None):
   fv = cli.parse(argv, define_flags, flag_values, extra_args_ok=False)
   return run(fv.workdir, fv.out, step=fv.step, export_sampler=fv.export_sampler,
              export_num_samples=fv.export_num_samples, export_num_steps=fv.export_num_steps,
-             sampler=fv.sampler, clip_x=fv.clip_x, logvar_type=fv.logvar_type, eta=fv.eta,
-             platforms=fv.platforms)
+             platforms=fv.platforms, **cli.sampler_flag_values(fv, SAMPLER_FLAG_FIELDS))
 
 
 if __name__ == '__main__':

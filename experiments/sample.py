@@ -32,6 +32,7 @@ from absl import logging
 from experiments import cli
 from sid2 import generation
 from sid2 import restore
+from sid2 import sampling
 
 OUT_EXTENSIONS = generation.OUT_EXTENSIONS
 SETTINGS_VERSION = generation.SETTINGS_VERSION
@@ -48,13 +49,7 @@ def define_flags(fv: flags.FlagValues):
   flags.DEFINE_integer('step', None, 'Checkpoint step (default: the latest readable one).', **d)
   flags.DEFINE_integer('num_samples', None, 'Number of samples (default: config.sampler.num_samples).', **d)
   flags.DEFINE_integer('batch_size', None, 'Samples per jitted call (default: all at once).', **d)
-  flags.DEFINE_string('sampler', None, "'ddpm', 'ddim' or 'addim' (default: config.sampler.name).", **d)
-  flags.DEFINE_integer('num_steps', None, 'Sampler steps = network evaluations per sample.', **d)
-  flags.DEFINE_string('clip_x', None, "'none' or 'static'.", **d)
-  flags.DEFINE_string('logvar_type', None, "DDPM variance: 'small', 'large' or a fraction in [0, 1].", **d)
-  flags.DEFINE_float('eta', None, 'DDIM noise in [0, 1].', **d)
-  flags.DEFINE_float('guidance', None, 'Guidance w (0 = none; SiD2 convention).', **d)
-  flags.DEFINE_string('guidance_interval', None, "'lo,hi' logSNR interval (e.g. -3,5) or 'none'.", **d)
+  cli.define_sampler_flags(fv)  # --sampler, --num_steps, --clip_x, ... (sid2.sampling)
   flags.DEFINE_string('labels', None, 'Comma-separated class labels, repeated (or cut) to num_samples.', **d)
   flags.DEFINE_integer('class_label', None, 'One class label for all samples.', **d)
   flags.DEFINE_integer('seed', 0, 'Random seed.', **d)
@@ -70,8 +65,8 @@ write_outputs = generation.write_outputs
 
 def raw_from_flags(fv) -> dict:
   """User values from the flags, or from --settings (only --out / --workdir may be given beside it)."""
-  names = ('workdir', 'out', 'step', 'num_samples', 'batch_size', 'sampler', 'num_steps', 'clip_x',
-           'logvar_type', 'eta', 'guidance', 'guidance_interval', 'labels', 'class_label', 'seed')
+  names = ('workdir', 'out', 'step', 'num_samples', 'batch_size') + sampling.FLAG_NAMES + (
+      'labels', 'class_label', 'seed')
   if fv.settings:
     extra = sorted(n for n in names if fv[n].present and n not in SETTINGS_OVERRIDABLE)
     if extra:

@@ -47,13 +47,7 @@ flags.DEFINE_integer('num_samples', 1000,
                      f'Generated and real images each (at most {features_lib.FASHION_MNIST_TEST_SIZE}).')
 flags.DEFINE_integer('batch_size', 500, 'Samples per jitted sampling call.')
 flags.DEFINE_integer('step', None, 'Checkpoint step (default: the latest readable one).')
-flags.DEFINE_string('sampler', None, "'ddpm', 'ddim' or 'addim' (default: config.sampler.name).")
-flags.DEFINE_integer('num_steps', None, 'Sampler steps.')
-flags.DEFINE_string('clip_x', None, "'none' or 'static'.")
-flags.DEFINE_string('logvar_type', None, "DDPM variance: 'small', 'large' or a fraction in [0, 1].")
-flags.DEFINE_float('eta', None, 'DDIM noise in [0, 1].')
-flags.DEFINE_float('guidance', None, 'Guidance w (0 = none; SiD2 convention).')
-flags.DEFINE_string('guidance_interval', None, "'lo,hi' logSNR interval or 'none'.")
+cli.define_sampler_flags(FLAGS)  # --sampler, --num_steps, --clip_x, ... (sid2.sampling)
 flags.DEFINE_integer('seed', 0, 'Sampling seed.')
 flags.DEFINE_list('sigma2', list(SUPPLEMENT_SIGMA2), 'Blur values (supplement §3.1 list).')
 flags.DEFINE_enum('blur_parameter', 'sigma2', ['sigma2', 'sigma'], 'Read --sigma2 as variances or as std devs.')
@@ -187,9 +181,8 @@ def main(argv):
   if not FLAGS['verbosity'].present:
     from absl import logging  # pylint: disable=g-import-not-at-top
     logging.set_verbosity(logging.WARNING)
-  names = ('workdir', 'step', 'num_samples', 'batch_size', 'sampler', 'num_steps', 'clip_x', 'logvar_type',
-           'eta', 'guidance', 'guidance_interval', 'seed')
-  raw = {n: FLAGS[n].value for n in names}
+  raw = {n: FLAGS[n].value for n in ('workdir', 'step', 'num_samples', 'batch_size', 'seed')}
+  raw.update(cli.sampler_flag_values(FLAGS))
   raw.update(labels=None, class_label=None)
   try:
     if not raw['workdir'] and not FLAGS.out:

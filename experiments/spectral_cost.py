@@ -28,6 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from sid2 import models
+from sid2 import plugins
 
 DEFAULT_CONFIGS = (
     'spectral_ffhq', 'spectral_ffhq:teacher',
@@ -123,6 +124,7 @@ def throughput(model, res, channels, batch, min_time=1.0, min_calls=3):
 def measure(spec, *, batch, skip_throughput, max_throughput_gmacs, min_time=2.0):
   """One row: for 'wavelet' and 'plain', params, GMACs and (optionally) throughput at batch 1 / `batch`."""
   config = load_config(spec)
+  plugins.load_plugins(config)  # config.plugins = ('spectral',): the UNets
   res, channels = config.image_res, config.get('num_channels', 1)
   row = dict(config=spec, image_res=res, num_channels=channels, batch=batch)
   for downsample in ('wavelet', 'plain'):
@@ -168,7 +170,6 @@ def main(argv=None):
   args = parser.parse_args(argv)
   if args.batch < 1:
     raise ValueError(f'--batch must be >= 1, got {args.batch}')
-  import spectral  # noqa: F401  pylint: disable=g-import-not-at-top  (registers the UNets)
   rows = []
   for spec in args.configs:
     rows.append(measure(spec, batch=args.batch, skip_throughput=args.skip_throughput,

@@ -37,8 +37,9 @@ def main(argv):
       kwargs = dict(coordinator_address=FLAGS.coordinator_address, num_processes=FLAGS.num_processes,
                     process_id=FLAGS.process_id)
     jax.distributed.initialize(**kwargs)
+  from sid2 import plugins  # pylint: disable=g-import-not-at-top
   from sid2 import trainer  # after distributed init
-  import spectral  # registers the WG-UNet and distillation
+  plugins.load_plugins(FLAGS.config)  # config.plugins, e.g. ('spectral',): registers more models, losses
   logging.info('JAX process %d/%d, local devices %s', jax.process_index(), jax.process_count(),
                jax.local_devices())
   trainer.train_and_evaluate(FLAGS.config, FLAGS.workdir, stop_after=FLAGS.stop_after)

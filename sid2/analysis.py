@@ -41,7 +41,6 @@ from sid2 import parametrization as param_lib
 from sid2 import restore
 from sid2 import schedules
 from sid2 import wavelets
-from sid2 import weightings
 
 # |lambda| slack when deciding whether a grid point lies inside the schedule's range (float32 round-off).
 RANGE_TOL = 1e-3
@@ -138,11 +137,10 @@ def make_loss_vs_logsnr_fn(apply_fn: Callable, schedule, loss_type: str, paramet
   data); eps: noise [N, B, ...]; logsnrs: [L]; step: None (the final bias of a time-shifted sigmoid) or the
   training step. Each output is the mean over the N * B noisy examples of its lambda.
   """
-  losses.validate_loss_type(loss_type)
+  loss = losses.parse_loss(loss_type)  # validated once: its loss_fn, weighting and power bands
   param_lib.check(parametrization)
-  loss_fn = losses.get_loss(loss_type, schedule)
-  power = losses.parse_power(loss_type) if loss_type.startswith('power:') else None
-  weighting = None if power or loss_type == 'eps_mse' else weightings.get_weighting(loss_type)
+  loss_fn = loss.loss_fn(schedule)
+  power, weighting = loss.power_bands, loss.weighting
 
   def fn(params, x, labels, eps, logsnrs, step):
     num_l, reps = logsnrs.shape[0], eps.shape[0] * eps.shape[1]
@@ -325,7 +323,7 @@ def loss_vs_logsnr(params: Any, config, data, logsnrs, *, num_noise: int = 4, rn
   step_arg = None if step is None else jnp.int32(step)
   res = run_over_logsnrs(fn, params, x, labels, eps, grid, step_arg, logsnr_batch)
   if 'band_loss' in res:
-    res['band_names'] = band_names(losses.parse_power(config.loss_type)[1])
+    res['band_names'] = band_names(losses.parse_loss(config.loss_type).power_bands[1])
   return res
 
 

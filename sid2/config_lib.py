@@ -10,8 +10,9 @@ import ml_collections
 from sid2 import losses
 from sid2 import models
 from sid2 import parametrization
+from sid2 import plugins
 from sid2 import runtime
-from sid2 import samplers
+from sid2 import sampling
 from sid2 import schedules
 from sid2 import sharding
 
@@ -26,15 +27,15 @@ TOP_LEVEL = {
 OPTIONAL_TOP_LEVEL = {'distill': ml_collections.ConfigDict, 'teacher_workdir': str, 'description': str,
                       'num_channels': int, 'mesh': ml_collections.ConfigDict,
                       'num_frames': int,  # num_frames: frames per example, video models only
-                      'prefetch_batches': int}  # batches read ahead on a thread (sid2.host_input), 0: none
+                      'prefetch_batches': int,  # batches read ahead on a thread (sid2.host_input), 0: none
+                      'plugins': tuple}  # modules that register more names (sid2.plugins), e.g. ('spectral',)
 OPTIMIZER = {'name': str, 'learning_rate': float, 'beta1': float, 'beta2': float, 'eps': float,
              'weight_decay': float, 'warmup_steps': int, 'grad_clip': float, 'decay': str,
              'end_factor': float}
 DATASET = {'name': str, 'split': str, 'data_dir': str, 'shuffle_buffer': int, 'num_classes': int,
            'num_frames': int, 'num_channels': int,  # these two: video datasets (sid2.video_data)
            'autoencoder_sha256': str}  # latents datasets: the autoencoder that must have made them
-SAMPLER = {'name': str, 'num_steps': int, 'clip_x': str, 'logvar_type': str, 'eta': float,
-           'guidance': float, 'guidance_interval': tuple, 'num_samples': int}
+SAMPLER = sampling.CONFIG_SCHEMA  # name, num_steps, clip_x, ... (sid2.sampling.SamplerSettings)
 
 
 def _check_fields(cfg, schema, prefix, required=True, optional=None):
@@ -68,6 +69,7 @@ def _positive(cfg, names, prefix=''):
 def validate_config(config: ml_collections.ConfigDict, num_devices: int = 1):
   """Checks names, types and values of a training config; raises ValueError naming the field."""
   _check_fields(config, TOP_LEVEL, '', optional=OPTIONAL_TOP_LEVEL)
+  plugins.plugin_names(config)  # a tuple of module names (imported by the entry points)
   _positive(config, ['batch_size', 'total_steps', 'log_every', 'eval_every', 'checkpoint_every',
                      'keep_checkpoints', 'image_res', 'max_nonfinite_streak'])
   if config.batch_size % num_devices:
@@ -87,7 +89,7 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int = 1):
   except ValueError as e:
     raise ValueError(f'config field schedule: {e}') from None
   try:
-    losses.validate_loss_type(config.loss_type, image_res=config.image_res)
+    loss = losses.parse_loss(config.loss_type, image_res=config.image_res)
   except ValueError as e:
     raise ValueError(f'config field loss_type: {e}') from None
   if config.parametrization not in parametrization.PARAMETRIZATIONS:
@@ -107,32 +109,25 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int = 1):
   if 'name' not in config.dataset:
     raise ValueError('missing config field dataset.name')
   _check_fields(config.sampler, SAMPLER, 'sampler.', required=False)
-  s = config.sampler
   try:
-    samplers.validate_sampler_args(sampler=s.name, num_steps=s.num_steps, clip_x=s.clip_x,
-                                   logvar_type=s.logvar_type, eta=s.get('eta', 0.0))
+    sampling.SamplerSettings.from_config(config.sampler)
   except ValueError as e:
     raise ValueError(f'config field sampler: {e}') from None
-  interval = s.get('guidance_interval', ())
-  if interval and (len(interval) != 2 or not interval[0] < interval[1]):
-    raise ValueError(f'config field sampler.guidance_interval must be () or (lo, hi) with lo < hi; '
-                     f'got {interval!r}')
   try:
     models.validate_model_config(config.model, config.image_res)
   except ValueError as e:
     raise ValueError(f'config field model: {e}') from None
-  _check_num_frames(config)
+  _check_num_frames(config, loss)
 
 
-def _check_num_frames(config):
+def _check_num_frames(config, loss):
   """Video configs: num_frames >= 1, and model.num_frames / dataset.num_frames (when set) equal to it."""
   if 'num_frames' not in config:
     return
   if config.num_frames < 1:
     raise ValueError(f'config field num_frames must be >= 1; got {config.num_frames}')
-  if config.loss_type.startswith('power'):
-    raise ValueError(f'config field loss_type={config.loss_type!r}: the power loss is defined on images (2-D '
-                     'Haar bands, SiD2 B.2); video configs (num_frames set) take the other loss types')
+  if not loss.supports_video:
+    raise ValueError(f'config field loss_type={config.loss_type!r}: {loss.video_note}')
   for sub in ('model', 'dataset'):
     frames = config[sub].get('num_frames', None)
     if frames is not None and frames != config.num_frames:

@@ -32,9 +32,12 @@ import functools
 import gzip
 import operator
 import os
+import re
 from typing import Any, Optional
 
 import numpy as np
+
+from sid2 import registry
 
 FASHION_MNIST_DIR = '/usr/share/datasets/fashion-mnist'
 FASHION_MNIST_SPLITS = {'train': 'train', 'test': 't10k'}
@@ -491,7 +494,8 @@ def _process_layout(global_batch_size, process_index, process_count):
 
 # Dataset builders registered by other packages, by name prefix (e.g. spectral's 'latents:<dir>'); each
 # builder takes get_dataset's arguments and returns an object with the same interface.
-DATASET_BUILDERS = {}
+DATASETS = registry.Registry('dataset', field='dataset.name')
+DATASET_BUILDERS = {}  # prefix -> builder, as registered
 
 
 def register_dataset(prefix: str, builder) -> None:
@@ -499,6 +503,7 @@ def register_dataset(prefix: str, builder) -> None:
   if not isinstance(prefix, str) or not prefix:
     raise ValueError(f'dataset prefix must be a non-empty string; got {prefix!r}')
   DATASET_BUILDERS[prefix] = builder
+  DATASETS.register_pattern(re.escape(prefix) + '.*', prefix, lambda name, match: builder)
 
 
 def get_dataset(dataset_config, *, image_res: int, global_batch_size: int, seed: int,
@@ -516,10 +521,10 @@ def get_dataset(dataset_config, *, image_res: int, global_batch_size: int, seed:
   name = _cfg_get(dataset_config, 'name', 'fashion_mnist')
   if not isinstance(name, str) or not name:
     raise ValueError(f"dataset.name must be 'fashion_mnist' or a tfds dataset name; got {name!r}")
-  for prefix, builder in DATASET_BUILDERS.items():
-    if name.startswith(prefix):
-      return builder(dataset_config, image_res=image_res, global_batch_size=global_batch_size, seed=seed,
-                     process_index=process_index, process_count=process_count)
+  builder = DATASETS.find(name)
+  if builder is not None:
+    return builder(dataset_config, image_res=image_res, global_batch_size=global_batch_size, seed=seed,
+                   process_index=process_index, process_count=process_count)
   split = _cfg_get(dataset_config, 'split', 'train')
   data_dir = _cfg_get(dataset_config, 'data_dir', None)
   image_res = _as_int(image_res, 'image_res', 1)

@@ -263,12 +263,15 @@ def export_workdir(workdir: str, out_dir: str, *, step: Optional[int] = None, wi
   setting is validated before the checkpoint is read. Returns a summary dict (paths, step, sha256).
   """
   from sid2 import restore  # training-side code, only for writing
+  from sid2 import sampling
 
   config = restore.load_config(workdir)
   restore.check_model_registered(config)
-  s_cfg = restore.override_sampler(config, name=sampler, num_steps=num_steps, clip_x=clip_x,
-                                   logvar_type=None if logvar_type is None else str(logvar_type), eta=eta)
-  n = config.sampler.get('num_samples', 64) if num_samples is None else num_samples
+  overrides = dict(name=sampler, num_steps=num_steps, clip_x=clip_x, eta=eta,
+                   logvar_type=None if logvar_type is None else str(logvar_type))
+  s_cfg = restore.override_sampler(config, **overrides)  # validated
+  settings = sampling.SamplerSettings.from_config(s_cfg.sampler)
+  n = settings.num_samples if num_samples is None else num_samples
   if isinstance(n, bool) or not isinstance(n, int) or n < 1:
     raise ValueError(f'num_samples must be a positive integer; got {n!r}')
   platforms = tuple(platforms)
@@ -285,15 +288,10 @@ def export_workdir(workdir: str, out_dir: str, *, step: Optional[int] = None, wi
   if with_sampler:
     fn = restore.sample_fn(s_cfg, n, r.num_channels)
     exported = export_sampler(fn, r.params, n, platforms)
-    s = s_cfg.sampler
-    interval = tuple(s.get('guidance_interval', ()) or ())
     frames = [int(config.num_frames)] if 'num_frames' in config else []  # video: [T, H, W, C]
     info = dict(num_samples=n, image_shape=frames + [config.image_res, config.image_res, r.num_channels],
                 num_classes=int(config.model.get('num_classes', 0) or 0),
-                null_label=int(config.model.get('num_classes', 0) or 0), sampler=s.name,
-                num_steps=int(s.num_steps), clip_x=s.clip_x, logvar_type=str(s.logvar_type),
-                eta=float(s.get('eta', 0.0)), guidance=float(s.get('guidance', 0.0)),
-                guidance_interval=[float(v) for v in interval] if interval else None,
+                null_label=int(config.model.get('num_classes', 0) or 0), **settings.to_record(),
                 schedule=config.schedule, parametrization=config.parametrization, model=config.model.name,
                 step=r.step, params_sha256=digest, workdir=os.path.abspath(workdir))
     summary['sampler'] = save_sampler(os.path.join(out_dir, SAMPLER_FILE), exported, info)

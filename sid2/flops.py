@@ -231,7 +231,6 @@ def format_table(rows):
 def main(argv=None):
   """Prints parameter count and forward / train FLOPs (SPEC §8) of each config file given."""
   import argparse  # pylint: disable=g-import-not-at-top
-  import importlib  # pylint: disable=g-import-not-at-top
   import os  # pylint: disable=g-import-not-at-top
   import sys  # pylint: disable=g-import-not-at-top
   parser = argparse.ArgumentParser(
@@ -240,16 +239,12 @@ def main(argv=None):
                   'of training configs. "run ZFLOPs" = train GFLOPs x batch_size x total_steps.')
   parser.add_argument('configs', nargs='+', help='config files with get_config()')
   args = parser.parse_args(argv)
-  # sid2 never imports spectral at module level; its configs' models ('wg_unet', 'unet') exist in the
-  # registry only once `import spectral` has run, so the CLI tries it here (absent package: sid2 models only).
-  try:
-    importlib.import_module('spectral')
-  except ImportError:
-    pass
+  from sid2 import plugins  # pylint: disable=g-import-not-at-top
   rows, failed = [], 0
   for path in args.configs:
     try:
       config = load_config(path)
+      plugins.load_plugins(config)  # e.g. spectral's models ('wg_unet', 'unet'), named by config.plugins
       row = config_cost(config)
     except Exception as e:  # pylint: disable=broad-except  (report it, go on with the other configs)
       print(f'{path}: {type(e).__name__}: {e}', file=sys.stderr)

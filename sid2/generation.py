@@ -25,6 +25,7 @@ from typing import Iterator, Optional
 import numpy as np
 
 from sid2 import restore
+from sid2 import sampling
 
 OUT_EXTENSIONS = ('.png', '.npz')
 # 2: per-sample keys fold_in(PRNGKey(seed), i) (version 1 used one key per chunk of batch_size).
@@ -35,24 +36,7 @@ DATA_AXIS = 'data'
 # ---------------------------------------------------------------------------------------------------------
 # Parsing and validation (all before any compute).
 
-def parse_interval(text) -> Optional[tuple]:
-  """'lo,hi' -> (lo, hi) with lo < hi; 'none' -> None (constant guidance). ValueError otherwise."""
-  if isinstance(text, (list, tuple)):
-    parts = list(text)
-  elif isinstance(text, str) and text.strip().lower() in ('none', 'off', ''):
-    return None
-  elif isinstance(text, str):
-    parts = text.split(',')
-  else:
-    parts = None
-  try:
-    lo, hi = (float(p) for p in parts)
-  except (TypeError, ValueError):
-    raise ValueError(f"guidance_interval must be 'lo,hi' (two logSNRs with lo < hi, e.g. -3,5) or 'none' "
-                     f'(constant guidance); got {text!r}') from None
-  if not lo < hi or math.isnan(lo) or math.isnan(hi):
-    raise ValueError(f'guidance_interval must have lo < hi; got {text!r}')
-  return lo, hi
+parse_interval = sampling.parse_interval  # 'lo,hi' -> (lo, hi); 'none' -> None
 
 
 def parse_labels(text: str) -> list:
@@ -71,8 +55,8 @@ def positive_int(value, field):
   return value
 
 
-def _config_interval(sampler_cfg):
-  interval = tuple(sampler_cfg.get('guidance_interval', ()) or ())
+def _config_interval(settings):
+  interval = settings.guidance_interval
   if not interval or (math.isinf(interval[0]) and math.isinf(interval[1])):
     return None
   return parse_interval(interval)
@@ -95,16 +79,11 @@ def resolve_settings(raw: dict, config) -> dict:
   seed = raw.get('seed', 0)
   if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2 ** 63:
     raise ValueError(f'seed must be an integer in [0, 2^63); got {seed!r}')
-  logvar = raw.get('logvar_type')
-  sampled = restore.override_sampler(  # validates sampler, num_steps, clip_x, logvar_type, eta
-      config, name=raw.get('sampler'), num_steps=raw.get('num_steps'), clip_x=raw.get('clip_x'),
-      logvar_type=None if logvar is None else str(logvar), eta=raw.get('eta')).sampler
-  guidance = raw.get('guidance')
-  guidance = float(s_cfg.get('guidance', 0.0)) if guidance is None else guidance
-  if isinstance(guidance, bool) or not isinstance(guidance, (int, float)) or not math.isfinite(guidance):
-    raise ValueError(f'guidance must be a finite number (0 = no guidance); got {guidance!r}')
+  sampled = sampling.SamplerSettings.from_config(config.sampler).override(  # validates every sampler field
+      **sampling.overrides_from_record(raw, sampling.VALUE_FIELDS))
   interval = raw.get('guidance_interval', 'default')
-  interval = _config_interval(s_cfg) if interval in (None, 'default') else parse_interval(interval)
+  interval = _config_interval(sampled) if interval in (None, 'default') else parse_interval(interval)
+  guidance = sampled.guidance
 
   labels, class_label = raw.get('labels'), raw.get('class_label')
   num_classes = int(config.model.get('num_classes', 0) or 0)
@@ -132,10 +111,9 @@ def resolve_settings(raw: dict, config) -> dict:
   if step is not None and step not in steps:
     raise ValueError(f'step={step!r} is not a checkpoint of {raw["workdir"]}; available steps: {steps}')
   return dict(version=SETTINGS_VERSION, workdir=os.path.abspath(raw['workdir']), step=step,
-              num_samples=num_samples, batch_size=batch_size, sampler=sampled.name,
-              num_steps=int(sampled.num_steps), clip_x=sampled.clip_x, logvar_type=str(sampled.logvar_type),
-              eta=float(sampled.get('eta', 0.0)), guidance=float(guidance),
-              guidance_interval=None if interval is None else list(interval), labels=labels, seed=seed,
+              num_samples=num_samples, batch_size=batch_size,
+              **sampled.override(guidance=float(guidance), guidance_interval=interval or ()).to_record(),
+              labels=labels, seed=seed,
               out=os.path.abspath(out), params_sha256=raw.get('params_sha256'))
 
 
@@ -297,9 +275,7 @@ def prepare(settings: dict, config, *, mesh=None, log=print) -> Generator:
   if settings.get('params_sha256') and settings['params_sha256'] != digest:
     raise ValueError(f'the parameters of step {restored.step} (sha256 {digest}) are not those recorded in the '
                      f'settings (sha256 {settings["params_sha256"]}): the samples would differ')
-  s_config = restore.override_sampler(config, name=settings['sampler'], num_steps=settings['num_steps'],
-                                      clip_x=settings['clip_x'], logvar_type=settings['logvar_type'],
-                                      eta=settings['eta'])
+  s_config = restore.override_sampler(config, **sampling.overrides_from_record(settings))
   chunk = round_up_batch(settings['batch_size'], int(mesh.devices.size))
   gen = Generator(settings=settings, config=config, params=restored.params, step=restored.step,
                   num_channels=restored.num_channels, params_sha256=digest, mesh=mesh, chunk_size=chunk,

@@ -1,6 +1,8 @@
 """Per-example diffusion losses (SPEC §3, §4; SiD2 B.1, B.2).
 
-`get_loss(loss_type, schedule)` returns `loss_fn(x, eps, x_hat, eps_hat, t, step=0) -> [B]`, the per-example
+`parse_loss(loss_type, image_res=None)` parses and validates a loss_type once into a `Loss` that carries what
+later code needs: its eps-space weighting (or None), its power-loss bands (or None), whether it applies to
+video, and `loss.loss_fn(schedule)`. `get_loss(loss_type, schedule)` returns `loss_fn(x, eps, x_hat, eps_hat, t, step=0) -> [B]`, the per-example
 loss (mean over pixels, SPEC §0). x_hat and eps_hat must come from the same z_t (`sid2.parametrization`),
 so ||eps - eps_hat||^2 = e^lambda ||x - x_hat||^2 and the x- and eps-space forms agree.
 
@@ -9,15 +11,17 @@ elbo) plus `eps_mse` (DDPM's simple loss) and `power:<b>[:<levels>]` (SiD2 B.2, 
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
+from typing import Any, Callable, Optional
 
 import jax
 import jax.numpy as jnp
 
+from sid2 import registry
 from sid2 import wavelets
 from sid2 import weightings
 
-LOSS_TYPES = weightings.WEIGHTING_NAMES + ('eps_mse', 'power:<b>[:<levels>]')
 POWER_DEFAULT_LEVELS = 2
 
 
@@ -86,23 +90,6 @@ def parse_power(loss_type):
   return bias, levels
 
 
-def validate_loss_type(loss_type, image_res=None):
-  """Raises ValueError for a bad loss_type (naming the allowed ones) before any compute."""
-  if not isinstance(loss_type, str):
-    raise ValueError(f'loss_type must be a string, one of {LOSS_TYPES}; got {loss_type!r}')
-  if loss_type == 'eps_mse':
-    return
-  if loss_type.startswith('power:'):
-    _, levels = parse_power(loss_type)
-    if image_res is not None and image_res % (2 ** levels):
-      raise ValueError(f'loss_type {loss_type!r}: image_res={image_res} is not divisible by 2^{levels}')
-    return
-  try:
-    weightings.get_weighting(loss_type)
-  except ValueError as e:
-    raise ValueError(f'{e}; allowed loss_type values: {", ".join(LOSS_TYPES)}') from None
-
-
 def _sigmoid_loss(x, eps, x_hat, eps_hat, t, step, *, schedule, weighting):
   del eps, eps_hat
   return sigmoid_x_loss(x, x_hat, t, schedule, weighting.bias(step))
@@ -113,8 +100,8 @@ def _eps_weighted_loss(x, eps, x_hat, eps_hat, t, step, *, schedule, weighting):
   return weighted_eps_loss(eps, eps_hat, t, schedule, weighting, step)
 
 
-def _eps_mse_loss(x, eps, x_hat, eps_hat, t, step):
-  del x, x_hat, t, step
+def _eps_mse_loss(x, eps, x_hat, eps_hat, t, step, *, schedule):
+  del x, x_hat, t, step, schedule
   return eps_mse_loss(eps, eps_hat)
 
 
@@ -123,20 +110,91 @@ def _power_loss(x, eps, x_hat, eps_hat, t, step, *, schedule, bias, levels):
   return power_loss(x, x_hat, t, schedule, bias, levels)
 
 
+@dataclasses.dataclass(frozen=True)
+class Loss:
+  """A parsed, validated loss_type (SPEC §3, §4).
+
+  fn(x, eps, x_hat, eps_hat, t, step, *, schedule) -> [B]; weighting: the eps-space w(lambda[, step]) or
+  None (eps_mse, power); power_bands: (bias b, Haar levels) of the power loss or None; video_note: why the
+  loss does not apply to video ('' when it does).
+  """
+  name: str
+  fn: Callable[..., Any]
+  weighting: Optional[Any] = None
+  power_bands: Optional[tuple] = None
+  video_note: str = ''
+
+  @property
+  def supports_video(self) -> bool:
+    return not self.video_note
+
+  def check_image_res(self, image_res):
+    """ValueError when image_res cannot be split into the power loss's Haar bands."""
+    if self.power_bands is not None and image_res is not None and image_res % (2 ** self.power_bands[1]):
+      raise ValueError(f'loss_type {self.name!r}: image_res={image_res} is not divisible by '
+                       f'2^{self.power_bands[1]}')
+
+  def loss_fn(self, schedule):
+    """loss_fn(x, eps, x_hat, eps_hat, t, step=0) -> per-example loss [B] on `schedule` (SPEC §3, §4)."""
+    fn = functools.partial(self.fn, schedule=schedule)
+
+    def loss_fn(x, eps, x_hat, eps_hat, t, step=0):
+      return fn(x, eps, x_hat, eps_hat, t, step)
+    return loss_fn
+
+
+def weighted_loss(name: str, weighting) -> Loss:
+  """The loss of an eps-space weighting (SPEC §3); the sigmoid in its x-space form (SiD2 B.1)."""
+  fn = _sigmoid_loss if isinstance(weighting, weightings.SigmoidWeighting) else _eps_weighted_loss
+  return Loss(name, functools.partial(fn, weighting=weighting), weighting=weighting)
+
+
+# Registry of the loss_types that are not a weighting: name -> Loss, or a pattern whose parser builds one.
+# Every weighting registered in `sid2.weightings` is a loss_type too (`weighted_loss`).
+LOSSES = registry.Registry('loss', field='loss_type')
+LOSSES.register('eps_mse', Loss('eps_mse', _eps_mse_loss))
+
+
+@LOSSES.register_pattern(r'power:.*', 'power:<b>[:<levels>]')
+def _parse_power_loss(name, match):
+  del match
+  bias, levels = parse_power(name)
+  return Loss(name, functools.partial(_power_loss, bias=bias, levels=levels), power_bands=(bias, levels),
+              video_note='the power loss is defined on images (2-D Haar bands, SiD2 B.2); video configs '
+                         '(num_frames set) take the other loss types')
+
+
+def loss_type_names() -> tuple:
+  """Every allowed loss_type (weightings, then the other losses)."""
+  return weightings.WEIGHTINGS.names() + LOSSES.names()
+
+
+LOSS_TYPES = loss_type_names()
+
+
+def parse_loss(loss_type, image_res=None) -> Loss:
+  """The `Loss` of a loss_type, validated (also against image_res when given) before any compute."""
+  if not isinstance(loss_type, str):
+    raise ValueError(f'loss_type must be a string, one of {loss_type_names()}; got {loss_type!r}')
+  loss = LOSSES.find(loss_type)  # a matching pattern's parser raises for bad parameters
+  if loss is None:
+    try:
+      weighting = weightings.WEIGHTINGS.find(loss_type)
+    except ValueError as e:
+      raise ValueError(f'{e}; allowed loss_type values: {", ".join(loss_type_names())}') from None
+    if weighting is None:
+      raise ValueError(f'unknown loss_type {loss_type!r}; allowed loss_type values: '
+                       f'{", ".join(loss_type_names())}')
+    loss = weighted_loss(loss_type, weighting)
+  loss.check_image_res(image_res)
+  return loss
+
+
+def validate_loss_type(loss_type, image_res=None) -> Loss:
+  """Raises ValueError for a bad loss_type (naming the allowed ones) before any compute; returns its Loss."""
+  return parse_loss(loss_type, image_res)
+
+
 def get_loss(loss_type, schedule):
   """loss_fn(x, eps, x_hat, eps_hat, t, step=0) -> per-example loss [B] for a loss_type (SPEC §3, §4)."""
-  validate_loss_type(loss_type)
-  if loss_type == 'eps_mse':
-    fn = _eps_mse_loss
-  elif loss_type.startswith('power:'):
-    bias, levels = parse_power(loss_type)
-    fn = functools.partial(_power_loss, schedule=schedule, bias=bias, levels=levels)
-  elif loss_type.startswith('sigmoid:'):
-    fn = functools.partial(_sigmoid_loss, schedule=schedule, weighting=weightings.get_weighting(loss_type))
-  else:
-    fn = functools.partial(_eps_weighted_loss, schedule=schedule,
-                           weighting=weightings.get_weighting(loss_type))
-
-  def loss_fn(x, eps, x_hat, eps_hat, t, step=0):
-    return fn(x, eps, x_hat, eps_hat, t, step)
-  return loss_fn
+  return parse_loss(loss_type).loss_fn(schedule)

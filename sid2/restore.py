@@ -9,8 +9,8 @@ of the memory of a full restore. The restore target is exact: the model is initi
 the checkpoint's metadata before anything is read. As in the trainer, a checkpoint that cannot be read
 (corrupt, partial) is skipped with a warning and the previous one is used.
 
-The model must be registered in `sid2.models` (sid2 registers `uvit`); for other names import the package
-that registers them first (e.g. `import spectral`), as `experiments.sample` and `experiments.export` do.
+The model must be registered in `sid2.models` (sid2 registers `uvit`); other names come from the config's
+plugins (`sid2.plugins.load_plugins`, which the commands call) or a package imported first.
 """
 from __future__ import annotations
 
@@ -26,7 +26,8 @@ import ml_collections
 import orbax.checkpoint as ocp
 
 from sid2 import models
-from sid2 import samplers
+from sid2 import plugins
+from sid2 import sampling
 
 # Channel counts tried, in order, when neither the config (`num_channels`) nor the dataset name gives it.
 CHANNEL_CANDIDATES = (1, 3, 4, 2)
@@ -73,8 +74,7 @@ def check_model_registered(config):
   name = config.model.get('name', None)
   if name not in models.MODELS:
     raise ValueError(f'config field model.name={name!r} is not a registered model (registered: '
-                     f'{sorted(models.MODELS)}); import the package that registers it before loading, '
-                     'e.g. `import spectral` (experiments.sample and experiments.export do this)')
+                     f'{sorted(models.MODELS)}); {plugins.missing_hint()} (the commands load config.plugins)')
 
 
 def abstract_params(config, num_channels: int, sharding=None):
@@ -193,25 +193,20 @@ def load_ema_params(workdir: str, step: Optional[int] = None, *, config=None, sh
 # ---------------------------------------------------------------------------------------------------------
 # Sampling from a restored workdir (shared by experiments.sample and experiments.export).
 
-SAMPLER_FIELDS = ('name', 'num_steps', 'clip_x', 'logvar_type', 'eta')
+SAMPLER_FIELDS = sampling.LOOP_FIELDS  # the sampler fields that shape the compiled loop
 
 
 def override_sampler(config, **overrides):
   """A copy of `config` whose `sampler` sub-config has the given non-None fields replaced and validated.
 
-  Keys are those of `config.sampler` (name, num_steps, clip_x, logvar_type, eta, guidance,
-  guidance_interval, num_samples). ValueError (naming the field) for an unknown key or a bad setting.
+  Keys are the fields of `sid2.sampling.SamplerSettings`. ValueError (naming the field) for an unknown key
+  or a bad setting.
   """
+  settings = sampling.SamplerSettings.from_config(config.sampler).override(**overrides)
   config = ml_collections.ConfigDict(config.to_dict())
   for k, v in overrides.items():
-    if k not in ('name', 'num_steps', 'clip_x', 'logvar_type', 'eta', 'guidance', 'guidance_interval',
-                 'num_samples'):
-      raise ValueError(f'unknown sampler field {k!r}')
     if v is not None:
-      config.sampler[k] = v
-  s = config.sampler
-  samplers.validate_sampler_args(sampler=s.name, num_steps=s.num_steps, clip_x=s.clip_x,
-                                 logvar_type=str(s.logvar_type), eta=s.get('eta', 0.0))
+      config.sampler[k] = getattr(settings, k)
   return config
 
 

@@ -21,6 +21,8 @@ Entry points
   `jax.jit(lambda params, rng: loop(functools.partial(model_apply, params), rng))`.
 
 The per-step updates `ddpm_step`, `ddim_step`, `addim_step` are pure functions of arrays, usable alone.
+Each sampler name is a `register_sampler` entry of `SAMPLERS` (its step and whether it draws noise); the scan
+looks the step up by name at trace time, so a new sampler is one decorated function.
 """
 from __future__ import annotations
 
@@ -33,9 +35,9 @@ import jax
 import jax.numpy as jnp
 from jax.tree_util import Partial
 
+from sid2 import registry
 from sid2 import schedules
 
-SAMPLERS = ('ddpm', 'ddim', 'addim')
 CLIP_X = ('none', 'static')
 LOGVAR_TYPES = ("'small'", "'large'", "'<f>' with f in [0, 1]")
 _LOGVAR_ALIASES = {'small': 0.0, 'large': 1.0}
@@ -76,8 +78,8 @@ class SamplerConfig:
 
   @property
   def stochastic(self) -> bool:
-    """Whether steps draw noise: DDPM always, DDIM when eta > 0, aDDIM never."""
-    return self.sampler == 'ddpm' or (self.sampler == 'ddim' and self.eta > 0)
+    """Whether steps draw noise (the registered sampler's `stochastic(eta)`): DDPM always, DDIM when eta > 0."""
+    return SAMPLERS.get(self.sampler).stochastic(self.eta)
 
 
 def parse_logvar_type(logvar_type) -> float:
@@ -102,8 +104,8 @@ def _finite_number(value, field, lo=-math.inf, hi=math.inf):
 def validate_sampler_args(*, sampler, num_steps, clip_x='none', logvar_type='0.3', eta=0.0, t_start=1.0,
                           t_end=0.0) -> SamplerConfig:
   """Checks every sampler setting and returns a hashable `SamplerConfig`; raises ValueError naming the field."""
-  if sampler not in SAMPLERS:
-    raise ValueError(f'sampler must be one of {SAMPLERS}; got {sampler!r}')
+  if not isinstance(sampler, str) or sampler not in SAMPLERS.entries:
+    raise ValueError(f'sampler must be one of {SAMPLERS.names()}; got {sampler!r}')
   if isinstance(num_steps, bool) or not isinstance(num_steps, numbers.Integral) or num_steps < 1:
     raise ValueError(f'num_steps must be a positive integer; got {num_steps!r}')
   if clip_x not in CLIP_X:
@@ -261,6 +263,51 @@ def addim_variance_from_measurements(logsnrs, mse, eta=0.75):
 
 
 # ---------------------------------------------------------------------------------------------------------
+# The sampler registry: `sampler` names -> one step z_t -> z_s. A new sampler is one decorated function here
+# (or in any module that imports this one); `sample`, `sampling.SamplerSettings`, config validation and the
+# command-line help pick it up by name.
+
+@dataclasses.dataclass(frozen=True)
+class SamplerKind:
+  """A registered sampler: `step(z_t, x_hat, logsnr_t, logsnr_s, noise, *, eta, logvar_frac, addim_variance)`
+  -> z_s, and `stochastic(eta)` -> whether its steps draw noise (noise is None otherwise)."""
+  name: str
+  step: Callable[..., Any]
+  stochastic: Callable[[float], bool]
+
+
+SAMPLERS = registry.Registry('sampler')
+
+
+def register_sampler(name: str, *, stochastic):
+  """Decorator registering a step function under `name`; `stochastic`: a bool or a callable eta -> bool."""
+  is_stochastic = stochastic if callable(stochastic) else (lambda eta, value=bool(stochastic): value)
+
+  def decorate(step):
+    SAMPLERS.register(name, SamplerKind(name, step, is_stochastic))
+    return step
+  return decorate
+
+
+@register_sampler('ddpm', stochastic=True)
+def _ddpm(z_t, x_hat, logsnr_t, logsnr_s, noise, *, eta, logvar_frac, addim_variance):
+  del eta, addim_variance
+  return ddpm_step(z_t, x_hat, logsnr_t, logsnr_s, noise, logvar_frac)
+
+
+@register_sampler('ddim', stochastic=lambda eta: eta > 0)
+def _ddim(z_t, x_hat, logsnr_t, logsnr_s, noise, *, eta, logvar_frac, addim_variance):
+  del logvar_frac, addim_variance
+  return ddim_step(z_t, x_hat, logsnr_t, logsnr_s, noise, eta)
+
+
+@register_sampler('addim', stochastic=False)
+def _addim(z_t, x_hat, logsnr_t, logsnr_s, noise, *, eta, logvar_frac, addim_variance):
+  del noise, eta, logvar_frac
+  return addim_step(z_t, x_hat, logsnr_t, logsnr_s, addim_variance(logsnr_t))
+
+
+# ---------------------------------------------------------------------------------------------------------
 # The loop.
 
 def _initial_noise(rng, shape, z_init):
@@ -285,12 +332,8 @@ def _sample_loop(x_pred_fn, z, loop_rng, logsnrs, eta, logvar_frac, addim_varian
     if clip_x == 'static':
       x_hat = clip_static(x_hat)
     noise = jax.random.normal(jax.random.fold_in(loop_rng, i), shape, z_t.dtype) if stochastic else None
-    if sampler == 'ddpm':
-      z_s = ddpm_step(z_t, x_hat, logsnr_t, logsnr_s, noise, logvar_frac)
-    elif sampler == 'ddim':
-      z_s = ddim_step(z_t, x_hat, logsnr_t, logsnr_s, noise, eta)
-    else:
-      z_s = addim_step(z_t, x_hat, logsnr_t, logsnr_s, addim_variance(logsnr_t))
+    z_s = SAMPLERS.get(sampler).step(z_t, x_hat, logsnr_t, logsnr_s, noise, eta=eta, logvar_frac=logvar_frac,
+                                     addim_variance=addim_variance)
     # The last step returns x_hat at its t, without noise (SPEC §6).
     return jnp.where(i == num_steps - 1, x_hat, z_s), None
 

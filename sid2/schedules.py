@@ -12,12 +12,13 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-import re
 from typing import Callable, Optional
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from sid2 import registry
 
 LOGSNR_MIN = -10.0
 LOGSNR_MAX = 10.0
@@ -155,38 +156,56 @@ def linear_beta_continuous_logsnr(t, num_steps=1000, beta_start=1e-4, beta_end=0
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Registry.
+# Registry: `config.schedule` -> builder(name, image_res) -> Schedule. A new schedule is one decorated
+# builder (`@SCHEDULES.register('my_schedule')`, or `register_pattern` for a family of names).
 
-SCHEDULE_NAMES = ('cosine', 'cosine_shifted_<noise_res>', 'cosine_interpolated',
-                  'cosine_interpolated_low_<a>_high_<b>', 'linear_beta')
+SCHEDULES = registry.Registry('schedule')
+
+
+def _need_res(name, image_res) -> int:
+  if image_res is None or int(image_res) <= 0:
+    raise ValueError(f'schedule {name!r} needs a positive image_res; got {image_res!r}')
+  return int(image_res)
+
+
+@SCHEDULES.register('cosine')
+def _cosine(name, image_res):
+  del image_res
+  return Schedule(name, cosine_logsnr, cosine_inverse)
+
+
+@SCHEDULES.register('linear_beta')
+def _linear_beta(name, image_res):
+  del image_res
+  return Schedule(name, linear_beta_logsnr, linear_beta_inverse)
+
+
+@SCHEDULES.register('cosine_interpolated')
+def _cosine_interpolated(name, image_res):
+  return Schedule(name, functools.partial(cosine_interpolated_logsnr, image_res=_need_res(name, image_res)))
+
+
+def _shifted(name, image_res, *, noise_res):
+  res = _need_res(name, image_res)
+  return Schedule(name, functools.partial(shifted_cosine_logsnr, image_res=res, noise_res=noise_res),
+                  functools.partial(shifted_cosine_inverse, image_res=res, noise_res=noise_res))
+
+
+def _interpolated(name, image_res, *, low, high):
+  return Schedule(name, functools.partial(cosine_interpolated_logsnr, image_res=_need_res(name, image_res),
+                                          noise_res_low=low, noise_res_high=high))
+
+
+SCHEDULES.register_pattern(r'cosine_shifted_(\d+)', 'cosine_shifted_<noise_res>',
+                           lambda name, m: functools.partial(_shifted, noise_res=int(m.group(1))))
+SCHEDULES.register_pattern(r'cosine_interpolated_low_(\d+)_high_(\d+)', 'cosine_interpolated_low_<a>_high_<b>',
+                           lambda name, m: functools.partial(_interpolated, low=int(m.group(1)),
+                                                             high=int(m.group(2))))
+SCHEDULE_NAMES = SCHEDULES.names()
 
 
 def get_schedule(name: str, image_res: Optional[int] = None) -> Schedule:
   """Builds a schedule by name (SPEC §1, §12). `image_res` is needed by the shifted schedules."""
   if not isinstance(name, str):
-    raise ValueError(f'schedule must be a string, one of {SCHEDULE_NAMES}; got {name!r}')
-
-  def need_res():
-    if image_res is None or int(image_res) <= 0:
-      raise ValueError(f'schedule {name!r} needs a positive image_res; got {image_res!r}')
-    return int(image_res)
-
-  if name == 'cosine':
-    return Schedule(name, cosine_logsnr, cosine_inverse)
-  if name == 'linear_beta':
-    return Schedule(name, linear_beta_logsnr, linear_beta_inverse)
-  m = re.fullmatch(r'cosine_shifted_(\d+)', name)
-  if m:
-    res, noise_res = need_res(), int(m.group(1))
-    return Schedule(name, functools.partial(shifted_cosine_logsnr, image_res=res, noise_res=noise_res),
-                    functools.partial(shifted_cosine_inverse, image_res=res, noise_res=noise_res))
-  if name == 'cosine_interpolated':
-    res = need_res()
-    return Schedule(name, functools.partial(cosine_interpolated_logsnr, image_res=res))
-  m = re.fullmatch(r'cosine_interpolated_low_(\d+)_high_(\d+)', name)
-  if m:
-    res = need_res()
-    return Schedule(name, functools.partial(cosine_interpolated_logsnr, image_res=res,
-                                            noise_res_low=int(m.group(1)),
-                                            noise_res_high=int(m.group(2))))
-  raise ValueError(f'unknown schedule {name!r}; allowed: {", ".join(SCHEDULE_NAMES)}')
+    raise ValueError(f'schedule must be a string, one of {SCHEDULES.names()}; got {name!r}')
+  return SCHEDULES.get(name)(name, image_res)

@@ -32,7 +32,9 @@ from sid2 import host_input
 from sid2 import losses
 from sid2 import models
 from sid2 import parametrization as param_lib
+from sid2 import registry
 from sid2 import samplers
+from sid2 import sampling
 from sid2 import schedules
 from sid2 import sharding as sharding_lib
 from sid2 import train_step as ts
@@ -45,12 +47,14 @@ class NonFiniteError(RuntimeError):
 
 # Auxiliary losses chosen by `config.distill.name` (other packages register theirs; sid2 imports none):
 # builder(config, model, num_channels) -> (apply_fn returning (output, features), aux_loss_fn, frozen pytree).
-AUX_LOSSES = {}
+AUX_LOSS_REGISTRY = registry.Registry('aux loss', field='distill.name')
+AUX_LOSSES = AUX_LOSS_REGISTRY.entries
 
 
-def register_aux_loss(name, builder):
-  """Registers an auxiliary-loss builder (e.g. spectral's distillation) under `config.distill.name`."""
-  AUX_LOSSES[name] = builder
+def register_aux_loss(name, builder=None):
+  """Registers an auxiliary-loss builder (e.g. spectral's distillation) under `config.distill.name` (without
+  `builder`: a decorator). Re-registering the same builder is a no-op."""
+  return AUX_LOSS_REGISTRY.register(name, builder)
 
 
 def build_aux_loss(config, model, num_channels):
@@ -126,13 +130,10 @@ def make_sample_fn(model, config, num_samples, num_channels, embedding_labels=Fa
   embedding_labels: labels are conditioning embeddings (e.g. text [N, S, D]) and the unconditional branch
   is the model called with labels=None (its own null context).
   """
-  s = config.sampler
-  res = config.image_res
-  schedule = schedules.get_schedule(config.schedule, image_res=res)
+  settings = sampling.SamplerSettings.from_config(config.sampler)
+  schedule = schedules.get_schedule(config.schedule, image_res=config.image_res)
   loop = samplers.sample_loop_fn((num_samples,) + example_shape(model, config, num_channels), schedule,
-                                 sampler=s.name,
-                                 num_steps=s.num_steps, clip_x=s.clip_x, logvar_type=s.logvar_type,
-                                 eta=s.get('eta', 0.0))
+                                 **settings.loop_kwargs())
   x_pred = make_x_pred(model, config.parametrization)
   num_classes = config.model.get('num_classes', 0)
 
@@ -150,9 +151,8 @@ def make_sample_fn(model, config, num_samples, num_channels, embedding_labels=Fa
 
 
 def guidance_args(config):
-  s = config.sampler
-  interval = tuple(s.get('guidance_interval', ())) or (-math.inf, math.inf)
-  return jnp.float32(s.get('guidance', 0.0)), jnp.float32(interval[0]), jnp.float32(interval[1])
+  """(w, lo, hi) float32 of the config's guidance (SPEC §7); see `sampling.SamplerSettings.guidance_args`."""
+  return sampling.SamplerSettings.from_config(config.sampler).guidance_args()
 
 
 def write_loss_vs_logsnr(path, step, sums, mse_sums, counts):
@@ -222,7 +222,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, stop_
   model = build_model(config, ds.num_channels)
   check_data_frames(model, config, ds)  # videos [T, H, W, C] for video models, else images
   schedule = schedules.get_schedule(config.schedule, image_res=config.image_res)
-  loss_fn = losses.get_loss(config.loss_type, schedule)
+  loss_fn = losses.parse_loss(config.loss_type).loss_fn(schedule)
   optimizer, lr_fn = ts.make_optimizer(config.optimizer, config.total_steps)
   step_cfg = ts.StepConfig(ema_decay=config.ema_decay, num_classes=config.model.get('num_classes', 0),
                            cond_drop_prob=config.cond_drop_prob, low_discrepancy=config.low_discrepancy)
@@ -257,7 +257,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, stop_
                config.model.name, num_params / 1e6, jax.device_count(), jax.process_count(), dict(mesh.shape),
                sharding_lib.bytes_per_device(state) / 2 ** 20)
 
-  num_samples = config.sampler.get('num_samples', 64)
+  num_samples = sampling.SamplerSettings.from_config(config.sampler).num_samples
   # Text-conditioned data: samples are conditioned on the first dataset rows' embeddings.
   sample_text = ds.extra_rows('text', num_samples) if getattr(ds, 'has_extra', lambda k: False)('text') \
       and num_samples > 0 else None

@@ -21,12 +21,12 @@ from typing import Optional
 import jax
 import jax.numpy as jnp
 
+from sid2 import registry
+
 # EDM (Karras et al. 2022) in logSNR form, SPEC §11: log sigma ~ N(-1.2, 1.2^2) <=> lambda ~ N(2.4, 2.4^2).
 EDM_MEAN = 2.4
 EDM_STD = 2.4
 EDM_SIGMA_DATA2 = 0.25  # sigma_data = 0.5
-
-WEIGHTING_NAMES = ('sigmoid:<b>', 'sigmoid:<b_start>:<b_end>:<t_b>', 'edm', 'edm_monotonic', 'elbo')
 
 
 def sigmoid_weight(logsnr, bias):
@@ -128,19 +128,34 @@ def parse_sigmoid(loss_type: str) -> SigmoidWeighting:
   raise ValueError(f'loss_type {loss_type!r}: expected sigmoid:<b> or sigmoid:<b_start>:<b_end>:<t_b>')
 
 
+# Registry: `loss_type` -> the weighting object (a callable w(logsnr, step=None)). A new weighting is one
+# decorated function `@register_weighting('name')` of logsnr; `sid2.losses` then accepts it as a loss_type.
+WEIGHTINGS = registry.Registry('weighting', field='loss_type')
+
+
+def register_weighting(name: str):
+  """Decorator registering a step-independent w(logsnr) (eps-space, SPEC §3) under `name`."""
+  def decorate(fn):
+    WEIGHTINGS.register(name, FixedWeighting(name, fn))
+    return fn
+  return decorate
+
+
+for _name, _fn in (('edm', edm_weight), ('edm_monotonic', edm_monotonic_weight), ('elbo', elbo_weight)):
+  register_weighting(_name)(_fn)
+WEIGHTINGS.register_pattern(r'sigmoid:.*', ('sigmoid:<b>', 'sigmoid:<b_start>:<b_end>:<t_b>'),
+                            lambda name, match: parse_sigmoid(name))
+WEIGHTING_NAMES = WEIGHTINGS.names()
+
+
 def get_weighting(loss_type: str):
   """The eps-space weighting w(lambda[, step]) of a loss_type (SPEC §3, §12)."""
   if not isinstance(loss_type, str):
-    raise ValueError(f'loss_type must be a string, one of {WEIGHTING_NAMES}; got {loss_type!r}')
-  if loss_type.startswith('sigmoid:'):
-    return parse_sigmoid(loss_type)
-  fixed = {'edm': edm_weight, 'edm_monotonic': edm_monotonic_weight, 'elbo': elbo_weight}
-  if loss_type in fixed:
-    return FixedWeighting(loss_type, fixed[loss_type])
-  if loss_type == 'eps_mse' or loss_type.startswith('power:'):
+    raise ValueError(f'loss_type must be a string, one of {WEIGHTINGS.names()}; got {loss_type!r}')
+  if loss_type == 'eps_mse' or loss_type.startswith('power:'):  # losses of sid2.losses without one w
     raise ValueError(f'loss_type {loss_type!r} has no single eps-space weighting w(lambda); '
-                     f'use sid2.losses.get_loss (weightings exist for: {", ".join(WEIGHTING_NAMES)})')
-  raise ValueError(f'unknown loss_type {loss_type!r}; allowed weightings: {", ".join(WEIGHTING_NAMES)}')
+                     f'use sid2.losses.get_loss (weightings exist for: {", ".join(WEIGHTINGS.names())})')
+  return WEIGHTINGS.get(loss_type)
 
 
 def maybe_step(weighting: Optional[object]) -> bool:

@@ -74,6 +74,7 @@ def table_config(*, description, latent_res, latent_channels, dataset, batch_siz
   """
   c = ml_collections.ConfigDict()
   c.description = description
+  c.plugins = ('spectral',)  # sid2.plugins: the entry points import spectral (models, distillation, latents)
   c.seed = 0
   c.batch_size = batch_size
   c.total_steps = total_steps

@@ -17,6 +17,7 @@ from typing import Optional
 
 from sid2 import generation
 from sid2 import restore
+from sid2 import sampling
 from sid2.eval import feature_nets
 from sid2.eval import stats as stats_lib
 from sid2.eval import streaming
@@ -228,8 +229,7 @@ def evaluate_all_steps(raw: dict, **kwargs) -> dict:
   first = cache[cache_key(ctx.settings(steps[0]), ctx)]
   summary = dict(workdir=workdir, features=ctx.net.name, feature_net=first['feature_net'], ref=first['ref'],
                  num_samples=first['num_samples'], seed=first['seed'],
-                 sampling={k: first['sampling'].get(k) for k in ('sampler', 'num_steps', 'clip_x', 'logvar_type',
-                                                                 'eta', 'guidance', 'guidance_interval')},
+                 sampling={k: first['sampling'].get(k) for k in sampling.FLAG_NAMES},
                  rows=rows)
   with open(os.path.join(eval_dir, 'fd_over_training.json'), 'w') as f:
     json.dump(summary, f, indent=2)

@@ -8,30 +8,32 @@ from __future__ import annotations
 
 from typing import Callable, Optional
 
+from sid2 import registry
 from sid2.models import uvit
 from sid2.models import uvit_video
 from sid2.models.uvit import UViT
 
 # name -> builder(model_config, *, image_res, num_channels) -> linen module.
-MODELS: dict[str, Callable] = {}
+MODEL_REGISTRY = registry.Registry('model', field='model.name')
+MODELS: dict[str, Callable] = MODEL_REGISTRY.entries
 # name -> validator(model_config, image_res), raising ValueError; optional per model.
 VALIDATORS: dict[str, Callable] = {}
 
 
-def register_model(name, builder, validator: Optional[Callable] = None):
-  """Registers `builder(model_config, *, image_res, num_channels)` under `name`.
+def register_model(name, builder: Optional[Callable] = None, validator: Optional[Callable] = None):
+  """Registers `builder(model_config, *, image_res, num_channels)` under `name` (without `builder`: a decorator,
+  `@register_model('my_model')`).
 
   `validator(model_config, image_res)` (optional) raises ValueError for a bad sub-config before any compute;
   `validate_model_config` and `get_model` call it. Registering the same builder twice is a no-op; a different
   builder under a taken name is a ValueError.
   """
-  if not isinstance(name, str) or not name:
-    raise ValueError(f'model name must be a non-empty string, got {name!r}')
-  if name in MODELS and MODELS[name] is not builder:
-    raise ValueError(f'model name {name!r} is already registered to {MODELS[name]!r}')
-  MODELS[name] = builder
+  if builder is None:
+    return lambda fn: register_model(name, fn, validator)
+  MODEL_REGISTRY.register(name, builder)
   if validator is not None:
     VALIDATORS[name] = validator
+  return builder
 
 
 def _model_name(model_config):
@@ -59,4 +61,4 @@ def get_model(model_config, *, image_res, num_channels):
 register_model('uvit', uvit.build_uvit, uvit.validate_uvit)
 register_model('uvit_video', uvit_video.build_uvit_video, uvit_video.validate_uvit_video)
 
-__all__ = ['MODELS', 'VALIDATORS', 'UViT', 'get_model', 'register_model', 'validate_model_config']
+__all__ = ['MODELS', 'MODEL_REGISTRY', 'VALIDATORS', 'UViT', 'get_model', 'register_model', 'validate_model_config']

@@ -1,0 +1,176 @@
+"""Sampler settings: the one place that names the fields of `config.sampler`, their types, defaults, allowed
+values, command-line flags and the keys under which output files record them (SPEC §6, §7, §11, §12).
+
+  settings = SamplerSettings.from_config(config.sampler)     # validated, frozen
+  settings = settings.override(name='ddim', eta=None)        # None keeps the current value
+  loop = samplers.sample_loop_fn(shape, schedule, **settings.loop_kwargs())
+  w, lo, hi = settings.guidance_args()
+
+Flags (`experiments.cli.define_sampler_flags`) and records (the `<out>.json` of `experiments.sample`, the
+`sampler.jaxexport.json` of an export) use the field names, except `name`, which is spelled `sampler` there
+(`RECORD_KEYS`). The allowed sampler names come from `sid2.samplers.SAMPLERS`, so a new sampler registered
+there is accepted here, in config validation and on every command line without further edits.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import numbers
+from typing import Optional, Sequence
+
+from sid2 import samplers
+
+
+def _one_of(names: Sequence[str]) -> str:
+  """"'a', 'b' or 'c'" for help texts."""
+  quoted = [f"'{n}'" for n in names]
+  return quoted[0] if len(quoted) == 1 else ', '.join(quoted[:-1]) + ' or ' + quoted[-1]
+
+
+def _help(field: str) -> str:
+  """The command-line help of a field (computed when the flags are defined, so registered samplers show)."""
+  return {
+      'name': f'{_one_of(samplers.SAMPLERS.names())} (default: config.sampler.name).',
+      'num_steps': 'Sampler steps = network evaluations per sample (default: config.sampler.num_steps).',
+      'clip_x': f'{_one_of(samplers.CLIP_X)}.',
+      'logvar_type': "DDPM variance: 'small', 'large' or a fraction in [0, 1].",
+      'eta': 'DDIM noise in [0, 1].',
+      'guidance': 'Guidance w (0 = none; SiD2 convention).',
+      'guidance_interval': "'lo,hi' logSNR interval (e.g. -3,5) or 'none'.",
+      'num_samples': 'Number of samples (default: config.sampler.num_samples).',
+  }[field]
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplerSettings:
+  """Validated `config.sampler` (SPEC §6, §7, §11). Construction checks every field (ValueError naming it)."""
+  name: str
+  num_steps: int
+  clip_x: str
+  logvar_type: str
+  eta: float = 0.0
+  guidance: float = 0.0
+  guidance_interval: tuple = ()
+  num_samples: int = 64
+
+  def __post_init__(self):
+    samplers.validate_sampler_args(sampler=self.name, num_steps=self.num_steps, clip_x=self.clip_x,
+                                   logvar_type=str(self.logvar_type), eta=self.eta)
+    object.__setattr__(self, 'logvar_type', str(self.logvar_type))
+    object.__setattr__(self, 'eta', float(self.eta))
+    g = self.guidance
+    if isinstance(g, bool) or not isinstance(g, numbers.Real) or not math.isfinite(g):
+      raise ValueError(f'guidance must be a finite number (0 = no guidance); got {g!r}')
+    object.__setattr__(self, 'guidance', float(g))
+    interval = tuple(self.guidance_interval or ())
+    if interval and (len(interval) != 2 or not interval[0] < interval[1]):
+      raise ValueError(f'guidance_interval must be () or (lo, hi) with lo < hi; got {self.guidance_interval!r}')
+    object.__setattr__(self, 'guidance_interval', interval)
+    n = self.num_samples
+    if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 0:
+      raise ValueError(f'num_samples must be a non-negative integer (0: no samples); got {n!r}')
+
+  # Construction.
+  @classmethod
+  def from_config(cls, sampler_config) -> 'SamplerSettings':
+    """From `config.sampler` (a ConfigDict or dict); unknown or missing fields are ValueErrors."""
+    values = dict(sampler_config.items())
+    unknown = sorted(set(values) - set(FIELDS))
+    if unknown:
+      raise ValueError(f'unknown sampler field(s) {unknown}; allowed: {", ".join(FIELDS)}')
+    missing = [f for f in REQUIRED if f not in values]
+    if missing:
+      raise ValueError(f'missing sampler field(s) {missing} (required: {", ".join(REQUIRED)})')
+    return cls(**values)
+
+  from_dict = from_config
+
+  def override(self, **overrides) -> 'SamplerSettings':
+    """A copy with the given non-None fields replaced (and validated); unknown names are ValueErrors."""
+    unknown = sorted(set(overrides) - set(FIELDS))
+    if unknown:
+      raise ValueError(f'unknown sampler field {unknown[0]!r}; allowed: {", ".join(FIELDS)}')
+    return dataclasses.replace(self, **{k: v for k, v in overrides.items() if v is not None})
+
+  # Views.
+  def to_dict(self) -> dict:
+    """The `config.sampler` form (JSON-serialisable; the interval as a list)."""
+    d = dataclasses.asdict(self)
+    d['guidance_interval'] = list(self.guidance_interval)
+    return d
+
+  def to_record(self) -> dict:
+    """The settings as output files record them (`RECORD_KEYS`; no interval is None); num_samples aside."""
+    d = self.to_dict()
+    d['guidance_interval'] = [float(v) for v in self.guidance_interval] if self.guidance_interval else None
+    return {RECORD_KEYS[f]: d[f] for f in FIELDS if f != 'num_samples'}
+
+  def loop_kwargs(self) -> dict:
+    """Keyword arguments of `samplers.sample` / `samplers.sample_loop_fn`."""
+    return dict(sampler=self.name, num_steps=self.num_steps, clip_x=self.clip_x, logvar_type=self.logvar_type,
+                eta=self.eta)
+
+  def interval_bounds(self) -> tuple:
+    """(lo, hi) of the guidance interval in logSNR; (-inf, inf) without one (SPEC §7)."""
+    return self.guidance_interval or (-math.inf, math.inf)
+
+  def guidance_args(self) -> tuple:
+    """(w, lo, hi) as float32 scalars, the traced guidance arguments of `trainer.make_sample_fn` (SPEC §7)."""
+    import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+    lo, hi = self.interval_bounds()
+    return jnp.float32(self.guidance), jnp.float32(lo), jnp.float32(hi)
+
+
+FIELDS = tuple(f.name for f in dataclasses.fields(SamplerSettings))
+REQUIRED = tuple(f.name for f in dataclasses.fields(SamplerSettings) if f.default is dataclasses.MISSING)
+DEFAULTS = {f.name: f.default for f in dataclasses.fields(SamplerSettings) if f.name not in REQUIRED}
+# Field -> type for config validation (`sid2.config_lib.SAMPLER`).
+CONFIG_SCHEMA = {f.name: {'str': str, 'int': int, 'float': float, 'tuple': tuple}[f.type]
+                 for f in dataclasses.fields(SamplerSettings)}
+# The fields that shape the compiled sampler loop (the rest are traced or not part of it).
+LOOP_FIELDS = ('name', 'num_steps', 'clip_x', 'logvar_type', 'eta')
+GUIDANCE_FIELDS = ('guidance', 'guidance_interval')
+# The fields whose flag / record value is the field's value (the interval's flag is a string: parse_interval).
+VALUE_FIELDS = LOOP_FIELDS + GUIDANCE_FIELDS[:1]
+# Field -> flag name and key in output records.
+RECORD_KEYS = {f: ('sampler' if f == 'name' else f) for f in FIELDS}
+# The sampler flags of the commands, in order (experiments.cli.define_sampler_flags).
+FLAG_FIELDS = LOOP_FIELDS + GUIDANCE_FIELDS
+FLAG_NAMES = tuple(RECORD_KEYS[f] for f in FLAG_FIELDS)  # flag names: the record keys
+_FLAG_KIND = {str: 'string', int: 'integer', float: 'float', tuple: 'string'}
+
+
+def flag_specs(fields: Sequence[str] = FLAG_FIELDS) -> list:
+  """[(flag name, absl kind 'string' | 'integer' | 'float', help)] for the given fields; no default (None =
+  the config's value). The interval is a string flag ('lo,hi' or 'none')."""
+  return [(RECORD_KEYS[f], _FLAG_KIND[CONFIG_SCHEMA[f]], _help(f)) for f in fields]
+
+
+def record_keys(fields: Sequence[str]) -> tuple:
+  """The flag / record names of `fields`."""
+  return tuple(RECORD_KEYS[f] for f in fields)
+
+
+def overrides_from_record(record: dict, fields: Sequence[str] = LOOP_FIELDS) -> dict:
+  """{field: value} from a dict keyed by flag / record names (e.g. a flag dict or an `<out>.json`)."""
+  return {f: record.get(RECORD_KEYS[f]) for f in fields}
+
+
+def parse_interval(text) -> Optional[tuple]:
+  """'lo,hi' (or a pair) -> (lo, hi) with lo < hi; 'none' -> None (constant guidance). ValueError otherwise."""
+  if isinstance(text, (list, tuple)):
+    parts = list(text)
+  elif isinstance(text, str) and text.strip().lower() in ('none', 'off', ''):
+    return None
+  elif isinstance(text, str):
+    parts = text.split(',')
+  else:
+    parts = None
+  try:
+    lo, hi = (float(p) for p in parts)
+  except (TypeError, ValueError):
+    raise ValueError(f"guidance_interval must be 'lo,hi' (two logSNRs with lo < hi, e.g. -3,5) or 'none' "
+                     f'(constant guidance); got {text!r}') from None
+  if not lo < hi or math.isnan(lo) or math.isnan(hi):
+    raise ValueError(f'guidance_interval must have lo < hi; got {text!r}')
+  return lo, hi
