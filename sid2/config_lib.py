@@ -24,12 +24,18 @@ TOP_LEVEL = {
 }
 OPTIONAL_TOP_LEVEL = {'distill': ml_collections.ConfigDict, 'teacher_workdir': str, 'description': str,
                       'num_channels': int, 'mesh': ml_collections.ConfigDict,
-                      'num_frames': int}  # num_frames: frames per example, video models only
+                      'num_frames': int,  # num_frames: frames per example, video models only
+                      # Scale-up knobs (all off by default; checked in `_check_scale_fields`).
+                      'keep_every': int, 'grad_accum_steps': int, 'posthoc_ema': ml_collections.ConfigDict,
+                      'profile_steps': tuple, 'logging': ml_collections.ConfigDict}
+POSTHOC_EMA = {'sigma_rels': tuple}  # power-function EMA profiles tracked in the state (EDM2 §3)
+LOGGING = {'wandb': bool, 'wandb_project': str, 'wandb_entity': str, 'wandb_name': str, 'wandb_mode': str}
 OPTIMIZER = {'name': str, 'learning_rate': float, 'beta1': float, 'beta2': float, 'eps': float,
              'weight_decay': float, 'warmup_steps': int, 'grad_clip': float, 'decay': str,
              'end_factor': float}
 DATASET = {'name': str, 'split': str, 'data_dir': str, 'shuffle_buffer': int, 'num_classes': int,
-           'num_frames': int, 'num_channels': int}  # the last two: video datasets (sid2.video_data)
+           'num_frames': int, 'num_channels': int,  # the last two: video datasets (sid2.video_data)
+           'random_flip': bool, 'labels_file': str}  # image folders / zips (sid2.image_folder)
 SAMPLER = {'name': str, 'num_steps': int, 'clip_x': str, 'logvar_type': str, 'eta': float,
            'guidance': float, 'guidance_interval': tuple, 'num_samples': int}
 
@@ -116,6 +122,7 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int = 1):
   except ValueError as e:
     raise ValueError(f'config field model: {e}') from None
   _check_num_frames(config)
+  _check_scale_fields(config, num_devices)
 
 
 def _check_num_frames(config):
@@ -131,3 +138,32 @@ def _check_num_frames(config):
     frames = config[sub].get('num_frames', None)
     if frames is not None and frames != config.num_frames:
       raise ValueError(f'config field {sub}.num_frames={frames} must equal num_frames={config.num_frames}')
+
+
+def _check_scale_fields(config, num_devices):
+  """keep_every >= 0, grad_accum_steps dividing the per-device batch, posthoc_ema, profile_steps, logging."""
+  if config.get('keep_every', 0) < 0:
+    raise ValueError(f'config field keep_every must be >= 0 (0: no permanent snapshots); got {config.keep_every}')
+  k = config.get('grad_accum_steps', 1)
+  per_device = config.batch_size // num_devices
+  if k < 1 or per_device % k:
+    raise ValueError(f'config field grad_accum_steps={k} must be >= 1 and divide the per-device batch '
+                     f'batch_size / devices = {config.batch_size} / {num_devices} = {per_device}')
+  if 'posthoc_ema' in config:
+    _check_fields(config.posthoc_ema, POSTHOC_EMA, 'posthoc_ema.', required=True)
+    rels = tuple(config.posthoc_ema.sigma_rels)
+    if not rels or any(isinstance(r, bool) or not isinstance(r, (int, float)) or not 0 < r < 12 ** -0.5
+                       for r in rels):
+      raise ValueError('config field posthoc_ema.sigma_rels must be a non-empty tuple of floats in (0, 0.2887) '
+                       f'(relative EMA lengths, EDM2 §3; 12^-1/2 is sigma_rel of gamma = 0); got {rels!r}')
+  steps = tuple(config.get('profile_steps', ()))
+  if steps and (len(steps) != 2 or any(isinstance(s, bool) or not isinstance(s, int) for s in steps)
+                or not 0 <= steps[0] < steps[1]):
+    raise ValueError(f'config field profile_steps must be () or (start, stop) ints with 0 <= start < stop; '
+                     f'got {steps!r}')
+  if 'logging' in config:
+    _check_fields(config.logging, LOGGING, 'logging.', required=False)
+    mode = config.logging.get('wandb_mode', 'online')
+    if mode not in ('online', 'offline', 'disabled'):
+      raise ValueError(f"config field logging.wandb_mode must be one of ('online', 'offline', 'disabled'); "
+                       f'got {mode!r}')
