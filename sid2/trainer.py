@@ -105,6 +105,14 @@ def check_data_frames(model, config, ds):
                      'dataset.num_frames, model.num_frames)')
 
 
+def check_data_classes(config, ds):
+  """ValueError when a class-conditional model has fewer classes than the dataset's labels use."""
+  model_classes, data_classes = config.model.get('num_classes', 0), getattr(ds, 'num_classes', 0) or 0
+  if model_classes and data_classes > model_classes:
+    raise ValueError(f'dataset.name={config.dataset.name!r} has {data_classes} classes but model.num_classes='
+                     f'{model_classes}; set config field model.num_classes={data_classes} (or 0: unconditional)')
+
+
 def init_params(model, config, num_channels, rng):
   z = jnp.zeros((1,) + example_shape(model, config, num_channels), jnp.float32)
   labels = jnp.zeros((1,), jnp.int32) if config.model.get('num_classes', 0) else None
@@ -221,6 +229,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, stop_
       f.write(saved.to_json_best_effort(indent=2))
   model = build_model(config, ds.num_channels)
   check_data_frames(model, config, ds)  # videos [T, H, W, C] for video models, else images
+  check_data_classes(config, ds)
   schedule = schedules.get_schedule(config.schedule, image_res=config.image_res)
   loss_fn = losses.get_loss(config.loss_type, schedule)
   optimizer, lr_fn = ts.make_optimizer(config.optimizer, config.total_steps)
