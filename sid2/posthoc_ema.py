@@ -1,5 +1,6 @@
-"""Post-hoc EMA (EDM2: Karras et al. 2024, "Analyzing and Improving the Training Dynamics of Diffusion
-Models", §3 and its appendix on power-function EMA): power-function EMA profiles and their least-squares recombination.
+"""Post-hoc EMA (EDM2: Karras et al. 2024, "Analyzing and Improving the Training Dynamics of
+Diffusion Models", §3 and its appendix on power-function EMA): power-function EMA profiles and their
+least-squares recombination.
 
 A power-function EMA with exponent gamma, read after t updates, averages the parameter trajectory with the
 profile p(tau) = (gamma + 1) tau^gamma / t^(gamma + 1) on [0, t] (EDM2 §3). Its length is given as the
