@@ -18,13 +18,22 @@ def abstract_like(tree):
   return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), tree)
 
 
-class Checkpointer:
-  """Saves every `save_every` steps (and on demand), keeps the last `keep`, restores the newest good one."""
+def preservation_policy(keep: int, keep_every: int = 0):
+  """The last `keep` checkpoints, plus (keep_every > 0) every checkpoint whose step is a multiple of it."""
+  policies = [ocp.checkpoint_managers.LatestN(n=keep)]
+  if keep_every:
+    policies.append(ocp.checkpoint_managers.EveryNSteps(interval_steps=keep_every))
+  return ocp.checkpoint_managers.AnyPreservationPolicy(policies)
 
-  def __init__(self, directory: str, keep: int = 3, async_save: bool = True):
+
+class Checkpointer:
+  """Saves every `save_every` steps (and on demand), keeps the last `keep` (and, with keep_every > 0, every
+  step that is a multiple of keep_every, permanently, in the same directory), restores the newest good one."""
+
+  def __init__(self, directory: str, keep: int = 3, async_save: bool = True, keep_every: int = 0):
     self.directory = os.path.abspath(directory)
-    options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
-                                           enable_async_checkpointing=async_save)
+    options = ocp.CheckpointManagerOptions(preservation_policy=preservation_policy(keep, keep_every),
+                                           create=True, enable_async_checkpointing=async_save)
     self.manager = ocp.CheckpointManager(self.directory, options=options, item_names=('state', 'data'))
 
   def all_steps(self):

@@ -28,13 +28,19 @@ OPTIONAL_TOP_LEVEL = {'distill': ml_collections.ConfigDict, 'teacher_workdir': s
                       'num_channels': int, 'mesh': ml_collections.ConfigDict,
                       'num_frames': int,  # num_frames: frames per example, video models only
                       'prefetch_batches': int,  # batches read ahead on a thread (sid2.host_input), 0: none
-                      'plugins': tuple}  # modules that register more names (sid2.plugins), e.g. ('spectral',)
+                      'plugins': tuple,  # modules that register more names (sid2.plugins), e.g. ('spectral',)
+                      # Scale-up knobs (all off by default; checked in `_check_scale_fields`).
+                      'keep_every': int, 'grad_accum_steps': int, 'posthoc_ema': ml_collections.ConfigDict,
+                      'profile_steps': tuple, 'logging': ml_collections.ConfigDict}
+POSTHOC_EMA = {'sigma_rels': tuple}  # power-function EMA profiles tracked in the state (EDM2 §3)
+LOGGING = {'wandb': bool, 'wandb_project': str, 'wandb_entity': str, 'wandb_name': str, 'wandb_mode': str}
 OPTIMIZER = {'name': str, 'learning_rate': float, 'beta1': float, 'beta2': float, 'eps': float,
              'weight_decay': float, 'warmup_steps': int, 'grad_clip': float, 'decay': str,
              'end_factor': float}
 DATASET = {'name': str, 'split': str, 'data_dir': str, 'shuffle_buffer': int, 'num_classes': int,
            'num_frames': int, 'num_channels': int,  # these two: video datasets (sid2.video_data)
-           'autoencoder_sha256': str}  # latents datasets: the autoencoder that must have made them
+           'autoencoder_sha256': str,  # latents datasets: the autoencoder that must have made them
+           'random_flip': bool, 'labels_file': str}  # image folders / zips (sid2.image_folder)
 SAMPLER = sampling.CONFIG_SCHEMA  # name, num_steps, clip_x, ... (sid2.sampling.SamplerSettings)
 
 
@@ -118,6 +124,7 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int = 1):
   except ValueError as e:
     raise ValueError(f'config field model: {e}') from None
   _check_num_frames(config, loss)
+  _check_scale_fields(config, num_devices)
 
 
 def _check_num_frames(config, loss):
@@ -132,3 +139,32 @@ def _check_num_frames(config, loss):
     frames = config[sub].get('num_frames', None)
     if frames is not None and frames != config.num_frames:
       raise ValueError(f'config field {sub}.num_frames={frames} must equal num_frames={config.num_frames}')
+
+
+def _check_scale_fields(config, num_devices):
+  """keep_every >= 0, grad_accum_steps dividing the per-device batch, posthoc_ema, profile_steps, logging."""
+  if config.get('keep_every', 0) < 0:
+    raise ValueError(f'config field keep_every must be >= 0 (0: no permanent snapshots); got {config.keep_every}')
+  k = config.get('grad_accum_steps', 1)
+  per_device = config.batch_size // num_devices
+  if k < 1 or per_device % k:
+    raise ValueError(f'config field grad_accum_steps={k} must be >= 1 and divide the per-device batch '
+                     f'batch_size / devices = {config.batch_size} / {num_devices} = {per_device}')
+  if 'posthoc_ema' in config:
+    _check_fields(config.posthoc_ema, POSTHOC_EMA, 'posthoc_ema.', required=True)
+    rels = tuple(config.posthoc_ema.sigma_rels)
+    if not rels or any(isinstance(r, bool) or not isinstance(r, (int, float)) or not 0 < r < 12 ** -0.5
+                       for r in rels):
+      raise ValueError('config field posthoc_ema.sigma_rels must be a non-empty tuple of floats in (0, 0.2887) '
+                       f'(relative EMA lengths, EDM2 §3; 12^-1/2 is sigma_rel of gamma = 0); got {rels!r}')
+  steps = tuple(config.get('profile_steps', ()))
+  if steps and (len(steps) != 2 or any(isinstance(s, bool) or not isinstance(s, int) for s in steps)
+                or not 0 <= steps[0] < steps[1]):
+    raise ValueError(f'config field profile_steps must be () or (start, stop) ints with 0 <= start < stop; '
+                     f'got {steps!r}')
+  if 'logging' in config:
+    _check_fields(config.logging, LOGGING, 'logging.', required=False)
+    mode = config.logging.get('wandb_mode', 'online')
+    if mode not in ('online', 'offline', 'disabled'):
+      raise ValueError(f"config field logging.wandb_mode must be one of ('online', 'offline', 'disabled'); "
+                       f'got {mode!r}')

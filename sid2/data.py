@@ -559,6 +559,13 @@ def load_eval_images(dataset_config, image_res: int, num: int) -> np.ndarray:
   data_dir = _cfg_get(dataset_config, 'data_dir', None)
   image_res = _as_int(image_res, 'image_res', 1)
   num = _as_int(num, 'num', 1)
+  for prefix, builder in DATASET_BUILDERS.items():  # registered datasets that offer eval_images(num)
+    if name.startswith(prefix):
+      ds = builder(dataset_config, image_res=image_res, global_batch_size=1, seed=0, process_index=0,
+                   process_count=1)
+      if not hasattr(ds, 'eval_images'):
+        raise ValueError(f'dataset.name={name!r} provides no evaluation images')
+      return ds.eval_images(num)
   if name == 'fashion_mnist':
     _check_fashion_res(image_res)
     images, _ = load_fashion_mnist(data_dir, split)
@@ -577,3 +584,4 @@ def load_eval_images(dataset_config, image_res: int, num: int) -> np.ndarray:
 # Built-in datasets defined in their own modules register themselves here (after `register_dataset`
 # exists), so that `get_dataset` knows them whenever sid2.data is imported.
 from sid2 import video_data  # noqa: E402,F401  pylint: disable=g-import-not-at-top,wrong-import-position
+from sid2 import image_folder  # noqa: E402,F401  pylint: disable=g-import-not-at-top,wrong-import-position

@@ -36,14 +36,20 @@ class TrainState:
   rng: jax.Array
   nonfinite_total: jax.Array   # updates skipped for a non-finite loss or gradient
   nonfinite_streak: jax.Array  # ... of which in a row up to now
+  # Power-function EMAs (EDM2 §3), one params tree per `StepConfig.power_ema_gammas`; None when off.
+  power_ema: Any = None
 
 
-def create_train_state(params, optimizer, rng):
-  """A fresh TrainState with EMA = params (copied, so donation of one never frees the other)."""
+def create_train_state(params, optimizer, rng, num_power_emas: int = 0):
+  """A fresh TrainState with EMA = params (copied, so donation of one never frees the other).
+
+  num_power_emas > 0 adds that many power-function EMAs (`power_ema`, a tuple of params copies).
+  """
+  power = tuple(jax.tree.map(jnp.array, params) for _ in range(num_power_emas)) if num_power_emas else None
   return TrainState(step=jnp.zeros((), jnp.int32), params=params,
                     ema_params=jax.tree.map(jnp.array, params), opt_state=optimizer.init(params),
                     rng=rng, nonfinite_total=jnp.zeros((), jnp.int32),
-                    nonfinite_streak=jnp.zeros((), jnp.int32))
+                    nonfinite_streak=jnp.zeros((), jnp.int32), power_ema=power)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -114,6 +120,22 @@ def ema_decay_at(step, decay):
   return jnp.minimum(decay, (1.0 + step) / (10.0 + step))
 
 
+def power_ema_beta(num_updates, gamma):
+  """beta_gamma(t) = (1 - 1/t)^(gamma + 1) after the t-th update (EDM2 §3, power-function EMA).
+
+  The average after t updates then weighs update s by (s^(g+1) - (s-1)^(g+1)) / t^(g+1): exactly the profile
+  (g + 1) tau^g / t^(g+1) on [0, t] with the parameters constant on (s - 1, s] (what `sid2.posthoc_ema` uses).
+  """
+  t = jnp.asarray(num_updates, jnp.float32)
+  return (1.0 - 1.0 / t) ** (gamma + 1.0)
+
+
+def split_micro_batches(x, k):
+  """[B, ...] -> [k, B / k, ...] with example j k + i in micro-batch i: each device's contiguous block of the
+  batch (B / devices rows, a multiple of k) holds whole groups of k, so every micro-batch stays local."""
+  return jnp.swapaxes(x.reshape((x.shape[0] // k, k) + x.shape[1:]), 0, 1)
+
+
 def tree_all_finite(tree):
   leaves = jax.tree.leaves(tree)
   return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
@@ -130,6 +152,8 @@ class StepConfig:
   num_classes: int = 0        # 0: unconditional; else labels in [0, num_classes), null class = num_classes
   cond_drop_prob: float = 0.1
   low_discrepancy: bool = False
+  grad_accum_steps: int = 1   # micro-batches per update (lax.scan inside the step; same update as one batch)
+  power_ema_gammas: tuple = ()  # exponents of the power-function EMAs in TrainState.power_ema (EDM2 §3)
 
 
 def make_loss_fn(apply_fn, schedule, loss_fn, parametrization, step_cfg: StepConfig, aux_loss_fn=None):
@@ -141,20 +165,41 @@ def make_loss_fn(apply_fn, schedule, loss_fn, parametrization, step_cfg: StepCon
   (e.g. a distillation teacher's parameters).
   """
   param_lib.check(parametrization)
+  objective_given = make_noised_objective(apply_fn, schedule, loss_fn, parametrization, step_cfg, aux_loss_fn)
 
   def objective(params, batch, rng, step, frozen=None):
+    noise, rng_model = draw_noise(rng, batch['image'].shape, batch['image'].dtype, step_cfg)
+    return objective_given(params, batch, noise, rng_model, step, frozen)
+  return objective
+
+
+def draw_noise(rng, x_shape, dtype, step_cfg: StepConfig):
+  """The per-example randomness of a batch's objective: ({t, eps, drop_u}, the model's dropout key).
+
+  Drawn for the whole batch at once, so that gradient accumulation can hand each micro-batch its rows.
+  """
+  rng_t, rng_eps, rng_drop, rng_model = jax.random.split(rng, 4)
+  noise = dict(t=sample_t(rng_t, x_shape[0], step_cfg.low_discrepancy),
+               eps=jax.random.normal(rng_eps, x_shape, dtype),
+               drop_u=jax.random.uniform(rng_drop, (x_shape[0],)))
+  return noise, rng_model
+
+
+def make_noised_objective(apply_fn, schedule, loss_fn, parametrization, step_cfg: StepConfig, aux_loss_fn=None):
+  """(params, batch, noise, rng_model, step, frozen) -> (loss, aux): `make_loss_fn`'s objective with the
+  per-example randomness given (`draw_noise`)."""
+
+  def objective(params, batch, noise, rng_model, step, frozen=None):
     x = batch['image']
-    rng_t, rng_eps, rng_drop, rng_model = jax.random.split(rng, 4)
-    t = sample_t(rng_t, x.shape[0], step_cfg.low_discrepancy)
-    eps = jax.random.normal(rng_eps, x.shape, x.dtype)
+    t, eps = noise['t'], noise['eps']
     logsnr = schedule(t)
     z = param_lib.diffuse(x, eps, logsnr)
     labels = None
+    keep = noise['drop_u'] >= step_cfg.cond_drop_prob  # same draw as drop_labels' (CFG label dropout)
     if 'text' in batch:  # Text embeddings [B, S, D]: the model swaps dropped rows for its null context.
-      keep = jax.random.uniform(rng_drop, (x.shape[0],)) >= step_cfg.cond_drop_prob
       labels = dict(text=batch['text'], keep=keep)
     elif step_cfg.num_classes > 0:
-      labels = drop_labels(rng_drop, batch['label'], step_cfg.num_classes, step_cfg.cond_drop_prob)
+      labels = jnp.where(keep, batch['label'], step_cfg.num_classes)
     out = apply_fn(params, z, logsnr, labels, True, rng_model)
     features = None
     if aux_loss_fn is not None:
@@ -183,16 +228,26 @@ def make_train_step(apply_fn: Callable, schedule: Callable, loss_fn: Callable, p
   aux_loss_fn: an extra per-example loss on model features (see `make_loss_fn`), e.g. distillation.
   """
   objective = make_loss_fn(apply_fn, schedule, loss_fn, parametrization, step_cfg, aux_loss_fn)
+  accumulated = make_accumulated_grad_fn(apply_fn, schedule, loss_fn, parametrization, step_cfg, aux_loss_fn)
 
   def train_step(state: TrainState, batch, frozen=None):
     rng = jax.random.fold_in(state.rng, state.step)
-    (loss, aux), grads = jax.value_and_grad(objective, has_aux=True)(state.params, batch, rng, state.step,
-                                                                      frozen)
+    if step_cfg.grad_accum_steps > 1:
+      (loss, aux), grads = accumulated(state.params, batch, rng, state.step, frozen)
+    else:
+      (loss, aux), grads = jax.value_and_grad(objective, has_aux=True)(state.params, batch, rng, state.step,
+                                                                        frozen)
     updates, new_opt_state = optimizer.update(grads, state.opt_state, state.params)
     new_params = optax.apply_updates(state.params, updates)
     new_ema = ema_update(state.ema_params, new_params, ema_decay_at(state.step, step_cfg.ema_decay))
     ok = jnp.isfinite(loss) & tree_all_finite(grads)
+    power_ema = state.power_ema
+    if power_ema is not None:
+      new_power = tuple(ema_update(e, new_params, power_ema_beta(state.step + 1, g))
+                        for e, g in zip(power_ema, step_cfg.power_ema_gammas))
+      power_ema = tree_select(ok, new_power, power_ema)
     new_state = state.replace(
+        power_ema=power_ema,
         step=state.step + 1,
         params=tree_select(ok, new_params, state.params),
         ema_params=tree_select(ok, new_ema, state.ema_params),
@@ -210,6 +265,43 @@ def make_train_step(apply_fn: Callable, schedule: Callable, loss_fn: Callable, p
       metrics.update({f'aux/{k}': v for k, v in aux['extra'].items()})
     return new_state, metrics
   return train_step
+
+
+def make_accumulated_grad_fn(apply_fn, schedule, loss_fn, parametrization, step_cfg: StepConfig,
+                             aux_loss_fn=None):
+  """(params, batch, rng, step, frozen) -> ((loss, aux), grads) over `grad_accum_steps` micro-batches.
+
+  The noise is drawn for the whole batch (`draw_noise`) and split with the batch, and the micro-batch
+  gradients of the mean loss are averaged in a lax.scan: the update equals the one-batch update up to float
+  summation order (only model dropout, if any, draws per micro-batch). Activations are kept for one
+  micro-batch at a time. Per-example aux entries come back for the whole batch (micro-batch-major order).
+  """
+  k = step_cfg.grad_accum_steps
+  objective = make_noised_objective(apply_fn, schedule, loss_fn, parametrization, step_cfg, aux_loss_fn)
+  grad_fn = jax.value_and_grad(objective, has_aux=True)
+
+  def accumulated(params, batch, rng, step, frozen=None):
+    x = batch['image']
+    if x.shape[0] % k:
+      raise ValueError(f'config field grad_accum_steps={k} must divide the batch ({x.shape[0]})')
+    noise, rng_model = draw_noise(rng, x.shape, x.dtype, step_cfg)
+    micro = jax.tree.map(lambda a: split_micro_batches(a, k), (batch, noise))
+
+    def body(grad_sum, inputs):
+      (b, n), i = inputs
+      (loss, aux), grads = grad_fn(params, b, n, jax.random.fold_in(rng_model, i), step, frozen)
+      return jax.tree.map(jnp.add, grad_sum, grads), (loss, aux)
+
+    zeros = jax.tree.map(jnp.zeros_like, params)
+    grad_sum, (losses, auxs) = jax.lax.scan(body, zeros, (micro, jnp.arange(k)))
+    grads = jax.tree.map(lambda g: g / k, grad_sum)
+    aux = {key: auxs[key].reshape((-1,) + auxs[key].shape[2:])
+           for key in ('per_example', 'eps_mse', 'logsnr')}
+    aux['extra'] = jax.tree.map(lambda v: jnp.mean(v, axis=0), auxs['extra'])
+    if 'diffusion_loss' in auxs:
+      aux['diffusion_loss'] = jnp.mean(auxs['diffusion_loss'])
+    return (jnp.mean(losses), aux), grads
+  return accumulated
 
 
 # ---------------------------------------------------------------------------------------------------------

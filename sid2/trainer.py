@@ -1,7 +1,8 @@
 """The training loop: data -> jitted data-parallel step -> metrics, samples, checkpoints (flat, readable).
 
 `train_and_evaluate(config, workdir)` is what `python -m experiments.train` runs. Workdir layout (SPEC §12):
-  checkpoints/          orbax checkpoints (state + data position), the last `keep_checkpoints`
+  checkpoints/          orbax checkpoints (state + data position), the last `keep_checkpoints`, plus every
+                        multiple of `keep_every` (permanent snapshots, for FID-over-training and post-hoc EMA)
   events.out.tfevents*  TensorBoard scalars, loss-vs-logSNR and sample images (clu metric writers)
   samples/step_<N>.png  the sample grid at every eval
   loss_vs_logsnr.jsonl  per-logSNR-bin mean weighted loss and eps-MSE at every log step (for notebooks)
@@ -107,6 +108,14 @@ def check_data_frames(model, config, ds):
     raise ValueError(f'dataset.name={config.dataset.name!r} yields {what(data_frames)} but model.name='
                      f'{config.model.name!r} takes {what(frames)} (config fields num_frames, '
                      'dataset.num_frames, model.num_frames)')
+
+
+def check_data_classes(config, ds):
+  """ValueError when a class-conditional model has fewer classes than the dataset's labels use."""
+  model_classes, data_classes = config.model.get('num_classes', 0), getattr(ds, 'num_classes', 0) or 0
+  if model_classes and data_classes > model_classes:
+    raise ValueError(f'dataset.name={config.dataset.name!r} has {data_classes} classes but model.num_classes='
+                     f'{model_classes}; set config field model.num_classes={data_classes} (or 0: unconditional)')
 
 
 def init_params(model, config, num_channels, rng):
@@ -221,16 +230,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, stop_
       f.write(saved.to_json_best_effort(indent=2))
   model = build_model(config, ds.num_channels)
   check_data_frames(model, config, ds)  # videos [T, H, W, C] for video models, else images
+  check_data_classes(config, ds)
   schedule = schedules.get_schedule(config.schedule, image_res=config.image_res)
   loss_fn = losses.parse_loss(config.loss_type).loss_fn(schedule)
   optimizer, lr_fn = ts.make_optimizer(config.optimizer, config.total_steps)
   step_cfg = ts.StepConfig(ema_decay=config.ema_decay, num_classes=config.model.get('num_classes', 0),
-                           cond_drop_prob=config.cond_drop_prob, low_discrepancy=config.low_discrepancy)
+                           cond_drop_prob=config.cond_drop_prob, low_discrepancy=config.low_discrepancy,
+                           grad_accum_steps=config.get('grad_accum_steps', 1),
+                           power_ema_gammas=power_ema_gammas(config))
   aux_apply_fn, aux_loss_fn, frozen = build_aux_loss(config, model, ds.num_channels)
   rng = jax.random.PRNGKey(config.seed)
   init_rng, state_rng, sample_rng = jax.random.split(rng, 3)
   init_state = lambda r: ts.create_train_state(init_params(model, config, ds.num_channels, r), optimizer,
-                                               state_rng)
+                                               state_rng, num_power_emas=len(step_cfg.power_ema_gammas))
   # Shardings from shapes alone: the state is created already split (a model too big for one device never
   # exists whole), and checkpoints restore into the same layout (`abstract_like` keeps the shardings).
   state_sharding = sharding_lib.state_shardings(jax.eval_shape(init_state, init_rng), mesh,
@@ -242,7 +254,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, stop_
   state = jax.jit(init_state, out_shardings=state_sharding)(init_rng)
   num_params = sum(x.size for x in jax.tree.leaves(state.params))
 
-  ckpt = ckpt_lib.Checkpointer(os.path.join(workdir, 'checkpoints'), keep=config.keep_checkpoints)
+  ckpt = ckpt_lib.Checkpointer(os.path.join(workdir, 'checkpoints'), keep=config.keep_checkpoints,
+                               keep_every=config.get('keep_every', 0))
   restored = ckpt.restore_latest(ckpt_lib.abstract_like(state))
   if restored is not None:
     start_step, state, data_state = restored
@@ -251,6 +264,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, stop_
   start_step = int(state.step)
 
   writer = metric_writers.create_default_writer(workdir, just_logging=not is_main)
+  if is_main and config.get('logging', None) is not None and config.logging.get('wandb', False):
+    from sid2 import wandb_writer  # pylint: disable=g-import-not-at-top
+    writer = wandb_writer.with_wandb(writer, config, workdir)
+  profile, tracing = tuple(config.get('profile_steps', ())), False  # (start, stop) steps of a profiler trace
   if start_step == 0:
     writer.write_hparams({k: v for k, v in config.to_dict().items() if isinstance(v, (int, float, str))})
   logging.info('model %s: %.2fM parameters, %d devices, %d processes, mesh %s, %.1f MiB of state per device',
@@ -290,8 +307,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, stop_
   with _Preemption() as preempt, host_input.Prefetcher(fetch, start_step, end_step,
                                                        config.get('prefetch_batches', 2)) as prefetch:
     for step in range(start_step, end_step):
+      if profile and step == profile[0] and is_main:
+        jax.profiler.start_trace(os.path.join(workdir, 'profile'))  # TensorBoard's profile plugin reads it
+        tracing = True
       batch, position['data'] = prefetch.get(step)
       state, metrics = train_step(state, batch, frozen)
+      if tracing and step + 1 == profile[1]:
+        jax.block_until_ready(state)
+        jax.profiler.stop_trace()
+        tracing = False
       if pending is not None:
         acc = _absorb(acc, *pending, config.max_nonfinite_streak, ckpt)
       pending = (step + 1, metrics)
@@ -326,9 +350,20 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, stop_
     else:
       if stop_after is not None:
         save(end_step)
+  if tracing:
+    jax.profiler.stop_trace()  # the run ended inside the profiled range
   writer.flush()
   ckpt.close()
   return state
+
+
+def power_ema_gammas(config) -> tuple:
+  """Exponents of the power-function EMAs tracked in the state: one per `config.posthoc_ema.sigma_rels`."""
+  cfg = config.get('posthoc_ema', None)
+  if cfg is None:
+    return ()
+  from sid2 import posthoc_ema  # pylint: disable=g-import-not-at-top
+  return tuple(posthoc_ema.gamma_from_sigma_rel(s) for s in cfg.sigma_rels)
 
 
 def _absorb(acc, step, metrics, max_streak, ckpt):
