@@ -12,7 +12,6 @@ unit alive, so the feature covariance is full rank.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from typing import Callable, Sequence
@@ -21,6 +20,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from sid2 import hashing
 
 IMAGE_SHAPE = (32, 32, 1)
 FEATURE_DIM = 128
@@ -71,14 +71,7 @@ def unflatten_params(flat: dict) -> dict:
   return out
 
 
-def file_sha256(path: str) -> str:
-  """Hex sha256 of a file's bytes."""
-  h = hashlib.sha256()
-  with open(path, 'rb') as f:
-    for block in iter(lambda: f.read(1 << 20), b''):
-      h.update(block)
-  return h.hexdigest()
-
+file_sha256 = hashing.file_sha256  # one home: sid2.hashing
 
 def sidecar_path(weights_path: str) -> str:
   """`<name>.json` next to `<name>.safetensors`."""

@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import hashlib
 import math
 import os
 import pickletools
@@ -52,6 +51,8 @@ import jax
 from jax import lax
 import jax.numpy as jnp
 import numpy as np
+from sid2 import export
+from sid2 import hashing
 
 STANDARD_FILE_NAME = 'pt_inception-2015-12-05-6726825d.pth'
 STANDARD_URL = 'https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/' + STANDARD_FILE_NAME
@@ -680,25 +681,9 @@ def read_torch_state_dict(path: str) -> Dict[str, np.ndarray]:
 # Verified loading and conversion
 # ---------------------------------------------------------------------------------------------------------
 
-def file_sha256(path: str) -> str:
-  """Hex sha256 of a file's bytes."""
-  h = hashlib.sha256()
-  with open(path, 'rb') as f:
-    for block in iter(lambda: f.read(1 << 20), b''):
-      h.update(block)
-  return h.hexdigest()
+file_sha256 = hashing.file_sha256  # one home: sid2.hashing
 
-
-def tensors_sha256(state: Dict[str, np.ndarray]) -> str:
-  """Format-independent digest of a state dict: sha256 over sorted (name, dtype, shape, little-endian bytes)."""
-  h = hashlib.sha256()
-  for name in sorted(state):
-    a = np.ascontiguousarray(state[name])
-    a = a.astype(a.dtype.newbyteorder('<')) if a.dtype.byteorder == '>' else a
-    h.update(f'{name}\0{a.dtype.str}\0{a.shape}\0'.encode())
-    h.update(a.tobytes())
-  return h.hexdigest()
-
+tensors_sha256 = export.params_sha256  # one home: a flat dict's digest (name, dtype, shape, LE bytes)
 
 def _check_hex(value, field: str) -> Optional[str]:
   if value is None:

@@ -19,11 +19,11 @@ records that the net could not be verified from the file.
 """
 from __future__ import annotations
 
-import hashlib
 import os
 from typing import Optional
 
 import numpy as np
+from sid2 import hashing
 
 REFERENCE_VERSION = 1
 FORMATS = ('sid2', 'adm', 'plain')
@@ -119,14 +119,7 @@ class FeatureSubset:
 # ---------------------------------------------------------------------------------------------------------
 # Reference files.
 
-def file_sha256(path: str) -> str:
-  """Hex sha256 of a file's bytes."""
-  h = hashlib.sha256()
-  with open(path, 'rb') as f:
-    for block in iter(lambda: f.read(1 << 20), b''):
-      h.update(block)
-  return h.hexdigest()
-
+file_sha256 = hashing.file_sha256  # one home: sid2.hashing
 
 def write_reference(path: str, stats: StreamingStats, *, feature_net: str, feature_sha256: str,
                     preprocess: str, source: str, pr_features: Optional[np.ndarray] = None) -> str:
