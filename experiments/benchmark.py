@@ -42,29 +42,29 @@ import platform
 import resource
 import time
 
-from absl import app
 from absl import flags
 
-FLAGS = flags.FLAGS
+from experiments import cli
 
 
-def define_flags():
-  """Command-line flags (defined only when run as a program, so other modules can import this one)."""
+def define_flags(fv: flags.FlagValues):
+  """Defines this command's flags on `fv` (the global FLAGS for the CLI, a fresh FlagValues in `main`)."""
+  d = dict(flag_values=fv)
   flags.DEFINE_enum('suite', 'cpu', ['cpu', 'models', 'accelerator', 'child'], 'What to measure (see the '
-                    'module docstring); child: one process of the cpu suite (internal).')
-  flags.DEFINE_list('configs', list(ACCELERATOR_CONFIGS), 'accelerator suite: paper configs to time.')
-  flags.DEFINE_integer('per_chip_batch', 32, 'accelerator suite: first per-chip batch tried (halved on OOM).')
-  flags.DEFINE_bool('smoke', False, 'accelerator suite: tiny models, batch 1, 1 step (a CPU test of the path).')
+                    'module docstring); child: one process of the cpu suite (internal).', **d)
+  flags.DEFINE_list('configs', list(ACCELERATOR_CONFIGS), 'accelerator suite: paper configs to time.', **d)
+  flags.DEFINE_integer('per_chip_batch', 32, 'accelerator suite: first per-chip batch tried (halved on OOM).', **d)
+  flags.DEFINE_bool('smoke', False, 'accelerator suite: tiny models, batch 1, 1 step (a CPU test of the path).', **d)
   flags.DEFINE_list('models', ['default', 'large'], 'Which models to time: default, large, or a paper config '
-                    'name such as imagenet128_small.')
-  flags.DEFINE_integer('steps', 10, 'Timed train steps per model (after one warm-up step).')
-  flags.DEFINE_integer('batch_size', 0, 'Override the per-model batch size (0: keep).')
-  flags.DEFINE_string('json', '', 'Write the results as JSON here (default runs/benchmarks/<suite>_<time>.json).')
-  flags.DEFINE_alias('out', 'json')
-  flags.DEFINE_string('sampler_model', 'default', 'Model (as in --models) whose sampler to time; empty: skip.')
-  flags.DEFINE_integer('sampler_samples', 8, 'Images per sampler call.')
-  flags.DEFINE_integer('sampler_steps', 16, 'Sampler steps.')
-  flags.DEFINE_integer('sampler_repeats', 3, 'Timed sampler rounds (medians).')
+                    'name such as imagenet128_small.', **d)
+  flags.DEFINE_integer('steps', 10, 'Timed train steps per model (after one warm-up step).', **d)
+  flags.DEFINE_integer('batch_size', 0, 'Override the per-model batch size (0: keep).', **d)
+  flags.DEFINE_string('json', '', 'Write the results as JSON here (default runs/benchmarks/<suite>_<time>.json).', **d)
+  flags.DEFINE_alias('out', 'json', **d)
+  flags.DEFINE_string('sampler_model', 'default', 'Model (as in --models) whose sampler to time; empty: skip.', **d)
+  flags.DEFINE_integer('sampler_samples', 8, 'Images per sampler call.', **d)
+  flags.DEFINE_integer('sampler_steps', 16, 'Sampler steps.', **d)
+  flags.DEFINE_integer('sampler_repeats', 3, 'Timed sampler rounds (medians).', **d)
 
 
 FLOP_CONVENTION = 'multiply-add = 1 flop (SiD2 B.3); train step = 3 x forward'
@@ -441,26 +441,26 @@ def run_accelerator_suite(names, per_chip_batch, steps, smoke=False, log=print):
   return out
 
 
-def main(argv):
-  del argv
+def main(argv, flag_values=None):
+  fv = cli.parse(argv, define_flags, flag_values, extra_args_ok=False)
   for name in ('steps', 'sampler_samples', 'sampler_steps', 'sampler_repeats', 'per_chip_batch'):
-    if FLAGS[name].value < 1:
-      raise ValueError(f'--{name} must be a positive integer; got {FLAGS[name].value}')
-  if FLAGS.suite == 'child':
-    child_main(FLAGS.models[0], FLAGS.steps, FLAGS.json)
+    if fv[name].value < 1:
+      raise ValueError(f'--{name} must be a positive integer; got {fv[name].value}')
+  if fv.suite == 'child':
+    child_main(fv.models[0], fv.steps, fv.json)
     return
-  if FLAGS.suite == 'cpu':
-    results = run_cpu_suite(FLAGS.models[0] if FLAGS['models'].present else 'default', FLAGS.steps)
-  elif FLAGS.suite == 'accelerator':
-    for name in FLAGS.configs:
+  if fv.suite == 'cpu':
+    results = run_cpu_suite(fv.models[0] if fv['models'].present else 'default', fv.steps)
+  elif fv.suite == 'accelerator':
+    for name in fv.configs:
       get_model_config(name)  # a bad name fails before any compile
-    results = run_accelerator_suite(FLAGS.configs, FLAGS.per_chip_batch, FLAGS.steps, FLAGS.smoke)
+    results = run_accelerator_suite(fv.configs, fv.per_chip_batch, fv.steps, fv.smoke)
   else:
-    results = run(FLAGS.models, FLAGS.steps, FLAGS.sampler_model, FLAGS.sampler_samples, FLAGS.sampler_steps,
-                  FLAGS.sampler_repeats, FLAGS.batch_size)
+    results = run(fv.models, fv.steps, fv.sampler_model, fv.sampler_samples, fv.sampler_steps,
+                  fv.sampler_repeats, fv.batch_size)
   print(json.dumps(results, indent=1))
   stamp = time.strftime('%Y%m%d_%H%M%S')
-  path = FLAGS.json or os.path.join('runs', 'benchmarks', f'{FLAGS.suite}_{stamp}.json')
+  path = fv.json or os.path.join('runs', 'benchmarks', f'{fv.suite}_{stamp}.json')
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   with open(path, 'w') as f:
     json.dump(results, f, indent=1)
@@ -468,5 +468,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  define_flags()
-  app.run(main)
+  cli.cli_entry(main, define_flags)

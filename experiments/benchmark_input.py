@@ -31,32 +31,33 @@ import time
 from typing import Optional, Sequence
 
 import numpy as np
-from absl import app
 from absl import flags
 from ml_collections import config_flags
+
+from experiments import cli
 
 DATASET = 'imagenet2012'
 # ImageNet training JPEGs: mostly 500 x 375 / 375 x 500 / 500 x 333, ~110 kB on average.
 TYPICAL_SIZES = ((375, 500), (500, 375), (333, 500), (500, 333), (400, 400))
 TPU_V5E_BF16_TFLOPS = 197.0  # Vendor figure per chip: 2 flops per multiply-add.
 
-FLAGS = flags.FLAGS
 
-
-def define_flags():
+def define_flags(fv: flags.FlagValues):
+  """Defines this command's flags on `fv` (the global FLAGS for the CLI, a fresh FlagValues in `main`)."""
+  d = dict(flag_values=fv)
   config_flags.DEFINE_config_file('config', 'configs/imagenet512_small.py', 'Config with get_config().',
-                                  lock_config=False)
+                                  lock_config=False, **d)
   flags.DEFINE_integer('num_hosts', 8, 'Processes (hosts) sharing config.batch_size: the per-host batch is '
-                       'batch_size / num_hosts.')
-  flags.DEFINE_integer('chips_per_host', 4, 'Accelerator chips fed by one host (TPU v5e hosts: 4 or 8).')
+                       'batch_size / num_hosts.', **d)
+  flags.DEFINE_integer('chips_per_host', 4, 'Accelerator chips fed by one host (TPU v5e hosts: 4 or 8).', **d)
   flags.DEFINE_float('chip_tflops', TPU_V5E_BF16_TFLOPS, 'Reference chip throughput in vendor TFLOP/s '
-                     '(2 flops per multiply-add); default: TPU v5e bf16.')
-  flags.DEFINE_float('utilization', 1.0, 'Fraction of --chip_tflops the training step achieves.')
-  flags.DEFINE_integer('batches', 10, 'Timed batches (after the first, which fills the shuffle buffer).')
-  flags.DEFINE_integer('num_records', 4096, 'Records of the mock split (one epoch).')
-  flags.DEFINE_integer('num_distinct', 64, 'Distinct JPEGs the mock records cycle through.')
-  flags.DEFINE_integer('shuffle_buffer', 0, 'Override dataset.shuffle_buffer (0: keep the config\'s).')
-  flags.DEFINE_string('json', '', 'Write the results here (default runs/benchmarks/input_<time>.json).')
+                     '(2 flops per multiply-add); default: TPU v5e bf16.', **d)
+  flags.DEFINE_float('utilization', 1.0, 'Fraction of --chip_tflops the training step achieves.', **d)
+  flags.DEFINE_integer('batches', 10, 'Timed batches (after the first, which fills the shuffle buffer).', **d)
+  flags.DEFINE_integer('num_records', 4096, 'Records of the mock split (one epoch).', **d)
+  flags.DEFINE_integer('num_distinct', 64, 'Distinct JPEGs the mock records cycle through.', **d)
+  flags.DEFINE_integer('shuffle_buffer', 0, 'Override dataset.shuffle_buffer (0: keep the config\'s).', **d)
+  flags.DEFINE_string('json', '', 'Write the results here (default runs/benchmarks/input_<time>.json).', **d)
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -238,15 +239,14 @@ def write_json(result: dict, path: str) -> str:
   return path
 
 
-def main(argv):
-  del argv
-  result = benchmark(FLAGS.config, num_hosts=FLAGS.num_hosts, chips_per_host=FLAGS.chips_per_host,
-                     chip_tflops=FLAGS.chip_tflops, utilization=FLAGS.utilization, batches=FLAGS.batches,
-                     num_records=FLAGS.num_records, num_distinct=FLAGS.num_distinct,
-                     shuffle_buffer=FLAGS.shuffle_buffer)
-  print('wrote', write_json(result, FLAGS.json or default_json_path('input')))
+def main(argv, flag_values=None):
+  fv = cli.parse(argv, define_flags, flag_values, extra_args_ok=False)
+  result = benchmark(fv.config, num_hosts=fv.num_hosts, chips_per_host=fv.chips_per_host,
+                     chip_tflops=fv.chip_tflops, utilization=fv.utilization, batches=fv.batches,
+                     num_records=fv.num_records, num_distinct=fv.num_distinct,
+                     shuffle_buffer=fv.shuffle_buffer)
+  print('wrote', write_json(result, fv.json or default_json_path('input')))
 
 
 if __name__ == '__main__':
-  define_flags()
-  app.run(main)
+  cli.cli_entry(main, define_flags)

@@ -21,11 +21,12 @@ def parse(argv, define_flags: Callable[[flags.FlagValues], None],
   if flag_values is None:
     fv = flags.FlagValues()
     define_flags(fv)
-    fv(list(argv))
-    return fv
-  if not extra_args_ok and len(argv) > 1:
-    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
-  return flag_values
+    rest = fv(list(argv))
+  else:
+    fv, rest = flag_values, argv
+  if not extra_args_ok and len(rest) > 1:
+    raise app.UsageError(f'unexpected arguments: {list(rest[1:])}')
+  return fv
 
 
 def cli_entry(main_fn, define_fn):

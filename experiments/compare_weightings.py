@@ -21,33 +21,33 @@ import copy
 import json
 import os
 import re
-import sys
 import time
 
-from absl import app
 from absl import flags
-from absl import logging
 from ml_collections import config_flags
 import numpy as np
 
+from experiments import cli
 from sid2 import sampling
 
 DEFAULT_LOSS_TYPES = ('sigmoid:2.55', 'edm_monotonic', 'sigmoid:-1:2.55:800')
 # Settings that must match for a stored fd_<step>.json to be reused.
 REUSE_KEYS = ('num_samples', 'batch_size') + sampling.record_keys(sampling.VALUE_FIELDS) + ('seed',)
 
-FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file('config', 'configs/fashion_mnist.py', 'Config file with get_config().',
-                                lock_config=True)
-flags.DEFINE_list('loss_types', list(DEFAULT_LOSS_TYPES), 'loss_type of each run (sid2.losses names).')
-flags.DEFINE_integer('steps', None, 'Training steps per run (default: config.total_steps).')
-flags.DEFINE_integer('eval_every', None, 'Checkpoint + FD evaluation interval (default: config.eval_every).')
-flags.DEFINE_integer('num_samples', 1000, 'Generated and real images per FD evaluation.')
-flags.DEFINE_integer('batch_size', 500, 'Samples per jitted sampling call.')
-flags.DEFINE_integer('num_steps', None, 'Sampler steps (default: config.sampler.num_steps).')
-flags.DEFINE_integer('seed', 0, 'Sampling seed (the training seed is config.seed).')
-flags.DEFINE_bool('precision_recall', True, 'Also compute k-NN precision/recall.')
-flags.DEFINE_string('out', 'runs/compare_weightings', 'Output directory (one workdir per loss_type).')
+def define_flags(fv: flags.FlagValues):
+  """Defines this command's flags on `fv` (the global FLAGS for the CLI, a fresh FlagValues in `main`)."""
+  d = dict(flag_values=fv)
+  config_flags.DEFINE_config_file('config', 'configs/fashion_mnist.py', 'Config file with get_config().',
+                                  lock_config=True, **d)
+  flags.DEFINE_list('loss_types', list(DEFAULT_LOSS_TYPES), 'loss_type of each run (sid2.losses names).', **d)
+  flags.DEFINE_integer('steps', None, 'Training steps per run (default: config.total_steps).', **d)
+  flags.DEFINE_integer('eval_every', None, 'Checkpoint + FD evaluation interval (default: config.eval_every).', **d)
+  flags.DEFINE_integer('num_samples', 1000, 'Generated and real images per FD evaluation.', **d)
+  flags.DEFINE_integer('batch_size', 500, 'Samples per jitted sampling call.', **d)
+  flags.DEFINE_integer('num_steps', None, 'Sampler steps (default: config.sampler.num_steps).', **d)
+  flags.DEFINE_integer('seed', 0, 'Sampling seed (the training seed is config.seed).', **d)
+  flags.DEFINE_bool('precision_recall', True, 'Also compute k-NN precision/recall.', **d)
+  flags.DEFINE_string('out', 'runs/compare_weightings', 'Output directory (one workdir per loss_type).', **d)
 
 
 def workdir_name(loss_type: str) -> str:
@@ -181,25 +181,19 @@ def plot(result: dict, path: str) -> None:
   plt.close(fig)
 
 
-def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
-  if not FLAGS['verbosity'].present:
-    logging.set_verbosity(logging.WARNING)
+def main(argv, flag_values=None):
+  fv = cli.parse(argv, define_flags, flag_values, extra_args_ok=False)
   from sid2 import plugins  # pylint: disable=g-import-not-at-top
-  base = FLAGS.config
+  base = fv.config
   plugins.load_plugins(base)  # config.plugins (registers more models)
-  steps = FLAGS.steps if FLAGS.steps is not None else base.total_steps
-  eval_every = FLAGS.eval_every if FLAGS.eval_every is not None else base.eval_every
-  try:
-    t0 = time.time()
-    run(base, [s.strip() for s in FLAGS.loss_types], steps=steps, eval_every=eval_every,
-                 num_samples=FLAGS.num_samples, out=FLAGS.out, batch_size=FLAGS.batch_size,
-                 num_steps=FLAGS.num_steps, seed=FLAGS.seed, compute_pr=FLAGS.precision_recall)
-  except (ValueError, FileNotFoundError) as e:
-    sys.exit(f'error: {e}')
-  print(f'wrote {os.path.join(FLAGS.out, "compare_weightings.json")} and .png ({time.time() - t0:.0f} s)')
+  steps = fv.steps if fv.steps is not None else base.total_steps
+  eval_every = fv.eval_every if fv.eval_every is not None else base.eval_every
+  t0 = time.time()
+  run(base, [s.strip() for s in fv.loss_types], steps=steps, eval_every=eval_every,
+               num_samples=fv.num_samples, out=fv.out, batch_size=fv.batch_size,
+               num_steps=fv.num_steps, seed=fv.seed, compute_pr=fv.precision_recall)
+  print(f'wrote {os.path.join(fv.out, "compare_weightings.json")} and .png ({time.time() - t0:.0f} s)')
 
 
 if __name__ == '__main__':
-  app.run(main)
+  cli.cli_entry(main, define_flags)

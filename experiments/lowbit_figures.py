@@ -19,25 +19,27 @@ import math
 import os
 import time
 
-from absl import app
 from absl import flags
 import numpy as np
 
+from experiments import cli
 from sid2 import lowbit
 
-FLAGS = flags.FLAGS
-flags.DEFINE_string('out', 'runs/lowbit', 'Output directory.')
-flags.DEFINE_float('lambda_min', -20.0, 'Smallest logSNR.')
-flags.DEFINE_float('lambda_max', 20.0, 'Largest logSNR.')
-flags.DEFINE_integer('num_points', 201, 'Number of logSNR values (evenly spaced).')
-flags.DEFINE_list('bits', ['1', '2', '3', '4', '5', '6', '7', '8'], 'Bit precisions for Figure 11.')
-flags.DEFINE_integer('weighted_bits', 8, 'Bit precision of the sigmoid-weighted curve in Figure 12.')
-flags.DEFINE_float('bias', lowbit.FIGURE12_BIAS, 'Sigmoid bias b of Figure 12 (1 + 2 log 128 = 10.7).')
-flags.DEFINE_list('mixture_bits', [str(b) for b in lowbit.MIXTURE_BITS], 'Bit precisions of the mixture.')
-flags.DEFINE_list('mixture_proportions', [str(p) for p in lowbit.MIXTURE_PROPORTIONS],
-                  'Mixture proportions (normalised to sum 1).')
-flags.DEFINE_float('y_floor', 1e-8, 'Lower limit of the log y axis of Figure 11.')
-flags.DEFINE_float('fig12_lambda_min', -10.0, 'Left x limit of Figure 12 (its curves are ~0 below).')
+def define_flags(fv: flags.FlagValues):
+  """Defines this command's flags on `fv` (the global FLAGS for the CLI, a fresh FlagValues in `main`)."""
+  d = dict(flag_values=fv)
+  flags.DEFINE_string('out', 'runs/lowbit', 'Output directory.', **d)
+  flags.DEFINE_float('lambda_min', -20.0, 'Smallest logSNR.', **d)
+  flags.DEFINE_float('lambda_max', 20.0, 'Largest logSNR.', **d)
+  flags.DEFINE_integer('num_points', 201, 'Number of logSNR values (evenly spaced).', **d)
+  flags.DEFINE_list('bits', ['1', '2', '3', '4', '5', '6', '7', '8'], 'Bit precisions for Figure 11.', **d)
+  flags.DEFINE_integer('weighted_bits', 8, 'Bit precision of the sigmoid-weighted curve in Figure 12.', **d)
+  flags.DEFINE_float('bias', lowbit.FIGURE12_BIAS, 'Sigmoid bias b of Figure 12 (1 + 2 log 128 = 10.7).', **d)
+  flags.DEFINE_list('mixture_bits', [str(b) for b in lowbit.MIXTURE_BITS], 'Bit precisions of the mixture.', **d)
+  flags.DEFINE_list('mixture_proportions', [str(p) for p in lowbit.MIXTURE_PROPORTIONS],
+                    'Mixture proportions (normalised to sum 1).', **d)
+  flags.DEFINE_float('y_floor', 1e-8, 'Lower limit of the log y axis of Figure 11.', **d)
+  flags.DEFINE_float('fig12_lambda_min', -10.0, 'Left x limit of Figure 12 (its curves are ~0 below).', **d)
 
 
 def _parse_ints(values, name):
@@ -127,41 +129,41 @@ def _fmt(p):
   return int(p) if float(p).is_integer() else p
 
 
-def main(argv):
-  del argv
-  bits = _parse_ints(FLAGS.bits, 'bits')
-  mixture_bits = _parse_ints(FLAGS.mixture_bits, 'mixture_bits')
-  proportions = _parse_floats(FLAGS.mixture_proportions, 'mixture_proportions')
-  if FLAGS.num_points < 2 or not FLAGS.lambda_max > FLAGS.lambda_min:
+def main(argv, flag_values=None):
+  fv = cli.parse(argv, define_flags, flag_values, extra_args_ok=False)
+  bits = _parse_ints(fv.bits, 'bits')
+  mixture_bits = _parse_ints(fv.mixture_bits, 'mixture_bits')
+  proportions = _parse_floats(fv.mixture_proportions, 'mixture_proportions')
+  if fv.num_points < 2 or not fv.lambda_max > fv.lambda_min:
     raise ValueError('--num_points must be >= 2 and --lambda_max > --lambda_min; got '
-                     f'{FLAGS.num_points}, [{FLAGS.lambda_min}, {FLAGS.lambda_max}]')
+                     f'{fv.num_points}, [{fv.lambda_min}, {fv.lambda_max}]')
   if not bits:
     raise ValueError('--bits must name at least one bit precision')
   # Validate everything (bits ranges, proportions) before any compute.
-  for b in bits + [FLAGS.weighted_bits]:
+  for b in bits + [fv.weighted_bits]:
     lowbit.data_variance(b)
   lowbit.mixture_weights(mixture_bits, proportions)
 
-  logsnr = np.linspace(FLAGS.lambda_min, FLAGS.lambda_max, FLAGS.num_points)
-  os.makedirs(FLAGS.out, exist_ok=True)
+  logsnr = np.linspace(fv.lambda_min, fv.lambda_max, fv.num_points)
+  os.makedirs(fv.out, exist_ok=True)
   start = time.time()
-  curves, weighted, mixture = compute(logsnr, bits, FLAGS.weighted_bits, FLAGS.bias, mixture_bits,
+  curves, weighted, mixture = compute(logsnr, bits, fv.weighted_bits, fv.bias, mixture_bits,
                                       proportions)
   compute_s = time.time() - start
   props = np.asarray(proportions) / np.sum(proportions)
 
-  plot_figure11(os.path.join(FLAGS.out, 'figure11_loss_per_bits.png'), logsnr, curves, bits, FLAGS.y_floor)
-  plot_figure12(os.path.join(FLAGS.out, 'figure12_sigmoid_vs_mixture.png'), logsnr, curves, weighted,
-                mixture, FLAGS.weighted_bits, FLAGS.bias, mixture_bits, proportions, FLAGS.fig12_lambda_min)
+  plot_figure11(os.path.join(fv.out, 'figure11_loss_per_bits.png'), logsnr, curves, bits, fv.y_floor)
+  plot_figure12(os.path.join(fv.out, 'figure12_sigmoid_vs_mixture.png'), logsnr, curves, weighted,
+                mixture, fv.weighted_bits, fv.bias, mixture_bits, proportions, fv.fig12_lambda_min)
 
   area_w, area_m = _area(weighted, logsnr), _area(mixture, logsnr)
   columns = {'logsnr': logsnr}
   columns.update({f'loss_{b}bit': curves[b] for b in sorted(curves)})
-  columns[f'loss_{FLAGS.weighted_bits}bit_sigmoid_weighted'] = weighted
+  columns[f'loss_{fv.weighted_bits}bit_sigmoid_weighted'] = weighted
   columns['loss_mixture'] = mixture
-  columns[f'loss_{FLAGS.weighted_bits}bit_sigmoid_weighted_unit_area'] = weighted / area_w
+  columns[f'loss_{fv.weighted_bits}bit_sigmoid_weighted_unit_area'] = weighted / area_w
   columns['loss_mixture_unit_area'] = mixture / area_m
-  with open(os.path.join(FLAGS.out, 'lowbit_curves.csv'), 'w', newline='') as f:
+  with open(os.path.join(fv.out, 'lowbit_curves.csv'), 'w', newline='') as f:
     writer = csv.writer(f)
     writer.writerow(list(columns))
     for row in zip(*columns.values()):
@@ -170,7 +172,7 @@ def main(argv):
   # Tail below lambda_min is e^lambda Var(x) exactly (SPEC §9); above lambda_max the loss is ~0.
   tail = lambda b: math.exp(logsnr[0]) * lowbit.data_variance(b)
   summary = {
-      'logsnr': {'min': FLAGS.lambda_min, 'max': FLAGS.lambda_max, 'num_points': FLAGS.num_points},
+      'logsnr': {'min': fv.lambda_min, 'max': fv.lambda_max, 'num_points': fv.num_points},
       'figure11': {
           'bits': bits,
           'area_over_logsnr': {str(b): _area(curves[b], logsnr) + tail(b) for b in bits},
@@ -178,8 +180,8 @@ def main(argv):
           'peak_logsnr': {str(b): float(logsnr[np.argmax(curves[b])]) for b in bits},
       },
       'figure12': {
-          'weighted_bits': FLAGS.weighted_bits,
-          'bias': FLAGS.bias,
+          'weighted_bits': fv.weighted_bits,
+          'bias': fv.bias,
           'bias_derivation': '1 (sigmoid bias at 128x128, SiD2 B.6) + 2 log 128 (one pixel vs 128x128)',
           'mixture_bits': mixture_bits,
           'mixture_proportions_normalised': [float(p) for p in props],
@@ -194,11 +196,11 @@ def main(argv):
       'compute_seconds': compute_s,
       'total_seconds': time.time() - start,
   }
-  with open(os.path.join(FLAGS.out, 'lowbit_summary.json'), 'w') as f:
+  with open(os.path.join(fv.out, 'lowbit_summary.json'), 'w') as f:
     json.dump(summary, f, indent=2)
-  print(json.dumps({'out': FLAGS.out, 'compute_seconds': round(compute_s, 2),
+  print(json.dumps({'out': fv.out, 'compute_seconds': round(compute_s, 2),
                     'total_seconds': round(summary['total_seconds'], 2)}))
 
 
 if __name__ == '__main__':
-  app.run(main)
+  cli.cli_entry(main, define_flags)

@@ -24,10 +24,8 @@ from __future__ import annotations
 import json
 import math
 import os
-import sys
 import time
 
-from absl import app
 from absl import flags
 import numpy as np
 
@@ -40,19 +38,22 @@ from sid2.eval import features as features_lib
 SUPPLEMENT_SIGMA2 = ('0.1', '0.3', '0.4', '0.5', '0.7', '0.8', '0.9', '1.0', '1.5', '2.0', '3.0', '5.0')
 SPECTRUM_BLURS = (0.5, 1.0, 2.0)
 
-FLAGS = flags.FLAGS
-flags.DEFINE_string('workdir', None, 'Training workdir (config.json + checkpoints/); without it only real images.')
-flags.DEFINE_string('out', None, 'Output directory (default <workdir>/analysis).')
-flags.DEFINE_integer('num_samples', 1000,
-                     f'Generated and real images each (at most {features_lib.FASHION_MNIST_TEST_SIZE}).')
-flags.DEFINE_integer('batch_size', 500, 'Samples per jitted sampling call.')
-flags.DEFINE_integer('step', None, 'Checkpoint step (default: the latest readable one).')
-cli.define_sampler_flags(FLAGS)  # --sampler, --num_steps, --clip_x, ... (sid2.sampling)
-flags.DEFINE_integer('seed', 0, 'Sampling seed.')
-flags.DEFINE_list('sigma2', list(SUPPLEMENT_SIGMA2), 'Blur values (supplement §3.1 list).')
-flags.DEFINE_enum('blur_parameter', 'sigma2', ['sigma2', 'sigma'], 'Read --sigma2 as variances or as std devs.')
-flags.DEFINE_integer('blur_size', 9, 'Gaussian kernel size (supplement §3.1: 9).')
-flags.DEFINE_string('features', features_lib.DEFAULT_WEIGHTS, 'Feature-net safetensors file.')
+def define_flags(fv: flags.FlagValues):
+  """Defines this command's flags on `fv` (the global FLAGS for the CLI, a fresh FlagValues in `main`)."""
+  d = dict(flag_values=fv)
+  flags.DEFINE_string('workdir', None, 'Training workdir (config.json + checkpoints/); without it only real images.',
+                      **d)
+  flags.DEFINE_string('out', None, 'Output directory (default <workdir>/analysis).', **d)
+  flags.DEFINE_integer('num_samples', 1000,
+                       f'Generated and real images each (at most {features_lib.FASHION_MNIST_TEST_SIZE}).', **d)
+  flags.DEFINE_integer('batch_size', 500, 'Samples per jitted sampling call.', **d)
+  flags.DEFINE_integer('step', None, 'Checkpoint step (default: the latest readable one).', **d)
+  cli.define_sampler_flags(fv)  # --sampler, --num_steps, --clip_x, ... (sid2.sampling)
+  flags.DEFINE_integer('seed', 0, 'Sampling seed.', **d)
+  flags.DEFINE_list('sigma2', list(SUPPLEMENT_SIGMA2), 'Blur values (supplement §3.1 list).', **d)
+  flags.DEFINE_enum('blur_parameter', 'sigma2', ['sigma2', 'sigma'], 'Read --sigma2 as variances or as std devs.', **d)
+  flags.DEFINE_integer('blur_size', 9, 'Gaussian kernel size (supplement §3.1: 9).', **d)
+  flags.DEFINE_string('features', features_lib.DEFAULT_WEIGHTS, 'Feature-net safetensors file.', **d)
 
 
 def parse_blur(values, parameter: str) -> list:
@@ -175,25 +176,18 @@ def plot(result: dict, path: str) -> None:
   plt.close(fig)
 
 
-def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
-  if not FLAGS['verbosity'].present:
-    from absl import logging  # pylint: disable=g-import-not-at-top
-    logging.set_verbosity(logging.WARNING)
-  raw = {n: FLAGS[n].value for n in ('workdir', 'step', 'num_samples', 'batch_size', 'seed')}
-  raw.update(cli.sampler_flag_values(FLAGS))
+def main(argv, flag_values=None):
+  fv = cli.parse(argv, define_flags, flag_values, extra_args_ok=False)
+  raw = {n: fv[n].value for n in ('workdir', 'step', 'num_samples', 'batch_size', 'seed')}
+  raw.update(cli.sampler_flag_values(fv))
   raw.update(labels=None, class_label=None)
-  try:
-    if not raw['workdir'] and not FLAGS.out:
-      raise ValueError('give --workdir (generated vs real) or --out (real images only)')
-    out_dir = FLAGS.out or os.path.join(raw['workdir'], 'analysis')
-    sigma2s = parse_blur(FLAGS.sigma2, FLAGS.blur_parameter)
-    t0 = time.time()
-    result = compute(raw, sigma2s=sigma2s, blur_size=FLAGS.blur_size, features_path=FLAGS.features)
-  except (ValueError, FileNotFoundError) as e:
-    sys.exit(f'error: {e}')
-  result['blur_parameter_flag'] = FLAGS.blur_parameter
+  if not raw['workdir'] and not fv.out:
+    raise ValueError('give --workdir (generated vs real) or --out (real images only)')
+  out_dir = fv.out or os.path.join(raw['workdir'], 'analysis')
+  sigma2s = parse_blur(fv.sigma2, fv.blur_parameter)
+  t0 = time.time()
+  result = compute(raw, sigma2s=sigma2s, blur_size=fv.blur_size, features_path=fv.features)
+  result['blur_parameter_flag'] = fv.blur_parameter
   result['seconds'] = round(time.time() - t0, 1)
   os.makedirs(out_dir, exist_ok=True)
   png, js = (os.path.join(out_dir, 'spectra' + ext) for ext in ('.png', '.json'))
@@ -205,4 +199,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  cli.cli_entry(main, define_flags)

@@ -19,27 +19,31 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import time
 
-from absl import app
 from absl import flags
 import numpy as np
 
-FLAGS = flags.FLAGS
-flags.DEFINE_string('out', 'runs/toy', 'Output directory (toy_frequency.png and toy_frequency.json).')
-flags.DEFINE_integer('iterations', 10_000, 'Adam iterations per model (supplement §4.3: 10,000).')
-flags.DEFINE_list('alphas', ['1', '2', '5', '10', '19'], 'Frequencies α: integers in [1, 20).')
-flags.DEFINE_list('hidden', ['64', '1024'], 'Hidden widths M (supplement §4.3: 64 and 1024).')
-flags.DEFINE_integer('batch', 1000, 'Mini-batch size (supplement §4.3: 1,000).')
-flags.DEFINE_float('learning_rate', 1e-3, 'Adam learning rate (supplement §4.3: 1e-3, constant).')
-flags.DEFINE_enum('phase', 'random', ['random', 'fixed'], "Signal phase: 'random' φ ~ U(0,1) or 'fixed' φ = 0.")
-flags.DEFINE_integer('num_samples', 1000, 'Generated signals per model.')
-flags.DEFINE_integer('num_steps', 1000, 'DDPM sampling steps.')
-flags.DEFINE_enum('clip_x', 'static', ['static', 'none'], "Sampler x̂ clipping to [-1, 1] (DDPM's default: on).")
-flags.DEFINE_integer('eval_num', 1000, 'Held-out signals per noise level for the denoising errors.')
-flags.DEFINE_integer('eval_levels', 50, 'Noise levels (t midpoints of [0, 1]) for the denoising errors.')
-flags.DEFINE_integer('seed', 0, 'Random seed (initialisation, training data, evaluation, sampling).')
+from experiments import cli
+
+def define_flags(fv: flags.FlagValues):
+  """Defines this command's flags on `fv` (the global FLAGS for the CLI, a fresh FlagValues in `main`)."""
+  d = dict(flag_values=fv)
+  flags.DEFINE_string('out', 'runs/toy', 'Output directory (toy_frequency.png and toy_frequency.json).', **d)
+  flags.DEFINE_integer('iterations', 10_000, 'Adam iterations per model (supplement §4.3: 10,000).', **d)
+  flags.DEFINE_list('alphas', ['1', '2', '5', '10', '19'], 'Frequencies α: integers in [1, 20).', **d)
+  flags.DEFINE_list('hidden', ['64', '1024'], 'Hidden widths M (supplement §4.3: 64 and 1024).', **d)
+  flags.DEFINE_integer('batch', 1000, 'Mini-batch size (supplement §4.3: 1,000).', **d)
+  flags.DEFINE_float('learning_rate', 1e-3, 'Adam learning rate (supplement §4.3: 1e-3, constant).', **d)
+  flags.DEFINE_enum('phase', 'random', ['random', 'fixed'], "Signal phase: 'random' φ ~ U(0,1) or 'fixed' φ = 0.",
+                    **d)
+  flags.DEFINE_integer('num_samples', 1000, 'Generated signals per model.', **d)
+  flags.DEFINE_integer('num_steps', 1000, 'DDPM sampling steps.', **d)
+  flags.DEFINE_enum('clip_x', 'static', ['static', 'none'], "Sampler x̂ clipping to [-1, 1] (DDPM's default: on).",
+                    **d)
+  flags.DEFINE_integer('eval_num', 1000, 'Held-out signals per noise level for the denoising errors.', **d)
+  flags.DEFINE_integer('eval_levels', 50, 'Noise levels (t midpoints of [0, 1]) for the denoising errors.', **d)
+  flags.DEFINE_integer('seed', 0, 'Random seed (initialisation, training data, evaluation, sampling).', **d)
 
 LOSS_CURVE_POINTS = 200
 
@@ -191,20 +195,16 @@ def plot(result: dict, path: str) -> None:
   plt.close(fig)
 
 
-def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+def main(argv, flag_values=None):
+  fv = cli.parse(argv, define_flags, flag_values, extra_args_ok=False)
   names = ('iterations', 'alphas', 'hidden', 'batch', 'learning_rate', 'phase', 'num_samples', 'num_steps',
            'eval_num', 'eval_levels', 'seed', 'clip_x')
-  try:
-    settings = validate({n: FLAGS[n].value for n in names})
-  except ValueError as e:
-    sys.exit(f'error: {e}')
+  settings = validate({n: fv[n].value for n in names})
   t0 = time.time()
   result = run(settings)
   result['seconds'] = round(time.time() - t0, 1)
-  os.makedirs(FLAGS.out, exist_ok=True)
-  png, js = (os.path.join(FLAGS.out, 'toy_frequency' + ext) for ext in ('.png', '.json'))
+  os.makedirs(fv.out, exist_ok=True)
+  png, js = (os.path.join(fv.out, 'toy_frequency' + ext) for ext in ('.png', '.json'))
   plot(result, png)
   with open(js, 'w') as f:
     json.dump(result, f, indent=1)
@@ -213,4 +213,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  cli.cli_entry(main, define_flags)

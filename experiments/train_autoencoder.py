@@ -14,20 +14,24 @@ from __future__ import annotations
 import os
 import time
 
-from absl import app
 from absl import flags
 import numpy as np
 
-FLAGS = flags.FLAGS
-flags.DEFINE_string('out', None, 'Output folder.')
-flags.DEFINE_integer('steps', 1000, 'Adam steps.')
-flags.DEFINE_integer('batch_size', 64, 'Batch size.')
-flags.DEFINE_float('learning_rate', 2e-3, 'Peak learning rate (warmup, cosine decay).')
-flags.DEFINE_float('kl_weight', 1e-3, 'β of the KL term (per latent element, against the per-pixel MSE).')
-flags.DEFINE_integer('seed', 0, 'Seed.')
-flags.DEFINE_integer('num_train', 60000, 'Training images encoded (and trained on).')
-flags.DEFINE_integer('num_test', 10000, 'Test images encoded.')
-flags.DEFINE_string('data_dir', None, 'Fashion-MNIST IDX folder (default: the Debian package location).')
+from experiments import cli
+
+def define_flags(fv: flags.FlagValues):
+  """Defines this command's flags on `fv` (the global FLAGS for the CLI, a fresh FlagValues in `main`)."""
+  d = dict(flag_values=fv)
+  flags.DEFINE_string('out', None, 'Output folder.', **d)
+  flags.DEFINE_integer('steps', 1000, 'Adam steps.', **d)
+  flags.DEFINE_integer('batch_size', 64, 'Batch size.', **d)
+  flags.DEFINE_float('learning_rate', 2e-3, 'Peak learning rate (warmup, cosine decay).', **d)
+  flags.DEFINE_float('kl_weight', 1e-3, 'β of the KL term (per latent element, against the per-pixel MSE).', **d)
+  flags.DEFINE_integer('seed', 0, 'Seed.', **d)
+  flags.DEFINE_integer('num_train', 60000, 'Training images encoded (and trained on).', **d)
+  flags.DEFINE_integer('num_test', 10000, 'Test images encoded.', **d)
+  flags.mark_flags_as_required(['out'], **d)
+  flags.DEFINE_string('data_dir', None, 'Fashion-MNIST IDX folder (default: the Debian package location).', **d)
 
 
 def block_average_baseline(images, factor=4):
@@ -83,13 +87,12 @@ def run(out, *, steps=1000, batch_size=64, learning_rate=2e-3, kl_weight=1e-3, s
   return dict(extra, sha256=digest, path=path, latents=lat_dir)
 
 
-def main(argv):
-  del argv
-  run(FLAGS.out, steps=FLAGS.steps, batch_size=FLAGS.batch_size, learning_rate=FLAGS.learning_rate,
-      kl_weight=FLAGS.kl_weight, seed=FLAGS.seed, num_train=FLAGS.num_train, num_test=FLAGS.num_test,
-      data_dir=FLAGS.data_dir)
+def main(argv, flag_values=None):
+  fv = cli.parse(argv, define_flags, flag_values, extra_args_ok=False)
+  run(fv.out, steps=fv.steps, batch_size=fv.batch_size, learning_rate=fv.learning_rate,
+      kl_weight=fv.kl_weight, seed=fv.seed, num_train=fv.num_train, num_test=fv.num_test,
+      data_dir=fv.data_dir)
 
 
 if __name__ == '__main__':
-  flags.mark_flags_as_required(['out'])
-  app.run(main)
+  cli.cli_entry(main, define_flags)

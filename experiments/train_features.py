@@ -11,27 +11,28 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import time
 
-from absl import app
 from absl import flags
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
+from experiments import cli
 from sid2 import data
 from sid2.eval import fd
 from sid2.eval import features as features_lib
 
-FLAGS = flags.FLAGS
-flags.DEFINE_string('out', features_lib.DEFAULT_WEIGHTS, 'Output .safetensors path.')
-flags.DEFINE_integer('epochs', 2, 'Passes over the 60k training images.')
-flags.DEFINE_integer('batch_size', 128, 'Batch size.')
-flags.DEFINE_float('learning_rate', 2e-3, 'Adam learning rate (cosine-decayed to 0).')
-flags.DEFINE_integer('seed', 0, 'Seed for the initialisation and the data order.')
-flags.DEFINE_string('data_dir', None, 'Fashion-MNIST IDX folder (default: the Debian package location).')
+def define_flags(fv: flags.FlagValues):
+  """Defines this command's flags on `fv` (the global FLAGS for the CLI, a fresh FlagValues in `main`)."""
+  d = dict(flag_values=fv)
+  flags.DEFINE_string('out', features_lib.DEFAULT_WEIGHTS, 'Output .safetensors path.', **d)
+  flags.DEFINE_integer('epochs', 2, 'Passes over the 60k training images.', **d)
+  flags.DEFINE_integer('batch_size', 128, 'Batch size.', **d)
+  flags.DEFINE_float('learning_rate', 2e-3, 'Adam learning rate (cosine-decayed to 0).', **d)
+  flags.DEFINE_integer('seed', 0, 'Seed for the initialisation and the data order.', **d)
+  flags.DEFINE_string('data_dir', None, 'Fashion-MNIST IDX folder (default: the Debian package location).', **d)
 
 
 def make_train_step(model, tx):
@@ -114,14 +115,10 @@ def run(out: str, epochs: int, batch_size: int, learning_rate: float, seed: int,
   return meta
 
 
-def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
-  try:
-    run(FLAGS.out, FLAGS.epochs, FLAGS.batch_size, FLAGS.learning_rate, FLAGS.seed, FLAGS.data_dir)
-  except (ValueError, FileNotFoundError) as e:
-    sys.exit(f'error: {e}')
+def main(argv, flag_values=None):
+  fv = cli.parse(argv, define_flags, flag_values, extra_args_ok=False)
+  run(fv.out, fv.epochs, fv.batch_size, fv.learning_rate, fv.seed, fv.data_dir)
 
 
 if __name__ == '__main__':
-  app.run(main)
+  cli.cli_entry(main, define_flags)

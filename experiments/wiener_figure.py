@@ -18,23 +18,24 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import time
 
-from absl import app
 from absl import flags
 import numpy as np
 
+from experiments import cli
 from sid2 import wiener
 
-FLAGS = flags.FLAGS
-flags.DEFINE_string('out', 'runs/wiener/wiener.png', 'Output PNG (the numbers go to <out>.json).')
-flags.DEFINE_integer('ndim', 1, 'Signal dimension: 1 (length n) or 2 (n x n).')
-flags.DEFINE_integer('n', 256, 'Grid size per dimension.')
-flags.DEFINE_float('exponent', 2.0, 'Power-law exponent: P_x(f) ∝ 1/|f|^exponent.')
-flags.DEFINE_list('times', ['0.02', '0.05', '0.1', '0.2', '0.4', '0.7'], 'Diffusion times t in (0, 1).')
-flags.DEFINE_integer('train_steps', 400, 'Adam steps of the trained linear denoiser (0: skip it).')
-flags.DEFINE_integer('seed', 0, 'Seed of the trained denoiser.')
+def define_flags(fv: flags.FlagValues):
+  """Defines this command's flags on `fv` (the global FLAGS for the CLI, a fresh FlagValues in `main`)."""
+  d = dict(flag_values=fv)
+  flags.DEFINE_string('out', 'runs/wiener/wiener.png', 'Output PNG (the numbers go to <out>.json).', **d)
+  flags.DEFINE_integer('ndim', 1, 'Signal dimension: 1 (length n) or 2 (n x n).', **d)
+  flags.DEFINE_integer('n', 256, 'Grid size per dimension.', **d)
+  flags.DEFINE_float('exponent', 2.0, 'Power-law exponent: P_x(f) ∝ 1/|f|^exponent.', **d)
+  flags.DEFINE_list('times', ['0.02', '0.05', '0.1', '0.2', '0.4', '0.7'], 'Diffusion times t in (0, 1).', **d)
+  flags.DEFINE_integer('train_steps', 400, 'Adam steps of the trained linear denoiser (0: skip it).', **d)
+  flags.DEFINE_integer('seed', 0, 'Seed of the trained denoiser.', **d)
 
 
 def compute(ndim: int, n: int, exponent: float, times, train_steps: int, seed: int) -> dict:
@@ -114,21 +115,17 @@ def plot(result: dict, out: str) -> None:
   plt.close(fig)
 
 
-def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
-  try:
-    if not FLAGS.out.lower().endswith('.png'):
-      raise ValueError(f'out must end in .png; got {FLAGS.out!r}')
-    t0 = time.time()
-    result = compute(FLAGS.ndim, FLAGS.n, FLAGS.exponent, FLAGS.times, FLAGS.train_steps, FLAGS.seed)
-    plot(result, FLAGS.out)
-    result['seconds'] = round(time.time() - t0, 2)
-    with open(FLAGS.out + '.json', 'w') as f:
-      json.dump(result, f, indent=1)
-      f.write('\n')
-  except (ValueError, FileNotFoundError) as e:
-    sys.exit(f'error: {e}')
+def main(argv, flag_values=None):
+  fv = cli.parse(argv, define_flags, flag_values, extra_args_ok=False)
+  if not fv.out.lower().endswith('.png'):
+    raise ValueError(f'out must end in .png; got {fv.out!r}')
+  t0 = time.time()
+  result = compute(fv.ndim, fv.n, fv.exponent, fv.times, fv.train_steps, fv.seed)
+  plot(result, fv.out)
+  result['seconds'] = round(time.time() - t0, 2)
+  with open(fv.out + '.json', 'w') as f:
+    json.dump(result, f, indent=1)
+    f.write('\n')
   for row in result['per_t']:
     line = (f"t={row['t']:<5g} alpha_bar={row['alpha_bar']:.4f} SNR=1 at |f|={row['snr_one_frequency']:.4g} "
             f"peak error at |f|={row['peak_error_frequency']:.4g} mean Wiener error={row['mean_wiener_error']:.4g}")
@@ -136,8 +133,8 @@ def main(argv):
       line += (f" trained: max|g-H*|={row['trained_max_abs_gain_error']:.3g} "
                f"mean error={row['trained_mean_error']:.4g}")
     print(line)
-  print(f'wrote {FLAGS.out} and {FLAGS.out}.json ({result["seconds"]} s)')
+  print(f'wrote {fv.out} and {fv.out}.json ({result["seconds"]} s)')
 
 
 if __name__ == '__main__':
-  app.run(main)
+  cli.cli_entry(main, define_flags)

@@ -268,8 +268,13 @@ def test_exported_sampler_runs_with_only_jax_and_matches(run, exported, tmp_path
 _STANDALONE = textwrap.dedent("""
     import importlib.abc, importlib.util, os, sys
     ROOT, HERE, BLOCKED = sys.argv[1], sys.argv[2], tuple(sys.argv[3].split(','))
-    # The project is off the import path (its editable install's finder too): only site-packages remain.
-    sys.path[:] = [p for p in sys.path if p and not os.path.abspath(p).startswith(ROOT)]
+    # The project is off the import path (its editable install's finder too): only the interpreter's own
+    # paths and site-packages remain (a virtualenv may live inside the checkout, as CI's .venv does).
+    def _project_path(p):
+      p = os.path.abspath(p)
+      inside = p == ROOT or p.startswith(ROOT + os.sep)
+      return inside and not p.startswith(os.path.abspath(sys.prefix) + os.sep)
+    sys.path[:] = [p for p in sys.path if p and not _project_path(p)]
     class Block(importlib.abc.MetaPathFinder):
       def find_spec(self, name, path=None, target=None):
         if any(name == b or name.startswith(b + '.') for b in BLOCKED):
