@@ -15,6 +15,7 @@ from sid2 import runtime
 from sid2 import sampling
 from sid2 import schedules
 from sid2 import sharding
+from sid2 import train_clock
 
 TOP_LEVEL = {
     'seed': int, 'batch_size': int, 'total_steps': int, 'log_every': int, 'eval_every': int,
@@ -31,7 +32,9 @@ OPTIONAL_TOP_LEVEL = {'distill': ml_collections.ConfigDict, 'teacher_workdir': s
                       'plugins': tuple,  # modules that register more names (sid2.plugins), e.g. ('spectral',)
                       # Scale-up knobs (all off by default; checked in `_check_scale_fields`).
                       'keep_every': int, 'grad_accum_steps': int, 'posthoc_ema': ml_collections.ConfigDict,
-                      'profile_steps': tuple, 'logging': ml_collections.ConfigDict}
+                      'profile_steps': tuple, 'logging': ml_collections.ConfigDict,
+                      # A training-time budget (sid2.train_clock): stop, checkpoint and sample when reached.
+                      'max_train_seconds': float, 'train_clock': str}
 POSTHOC_EMA = {'sigma_rels': tuple}  # power-function EMA profiles tracked in the state (EDM2 §3)
 LOGGING = {'wandb': bool, 'wandb_project': str, 'wandb_entity': str, 'wandb_name': str, 'wandb_mode': str}
 OPTIMIZER = {'name': str, 'learning_rate': float, 'beta1': float, 'beta2': float, 'eps': float,
@@ -125,6 +128,7 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int = 1):
     raise ValueError(f'config field model: {e}') from None
   _check_num_frames(config, loss)
   _check_scale_fields(config, num_devices)
+  train_clock.check_config(config)
 
 
 def _check_num_frames(config, loss):

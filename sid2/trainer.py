@@ -38,6 +38,7 @@ from sid2 import samplers
 from sid2 import sampling
 from sid2 import schedules
 from sid2 import sharding as sharding_lib
+from sid2 import train_clock as clock_lib
 from sid2 import train_step as ts
 from sid2.images import save_image_grid, image_grid
 
@@ -218,6 +219,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, stop_
   config_lib.validate_config(config, num_devices=jax.device_count())
   workdir = os.path.abspath(workdir)
   is_main = jax.process_index() == 0
+  clock = clock_lib.TrainClock(workdir, config, write=is_main)  # config.max_train_seconds counts from here
   os.makedirs(os.path.join(workdir, 'samples'), exist_ok=True)
   mesh = sharding_lib.make_mesh(config.get('mesh', None))  # without config.mesh: the 1-D `data` mesh
   ds = data_lib.get_dataset(config.dataset, image_res=config.image_res, global_batch_size=config.batch_size,
@@ -262,6 +264,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, stop_
     ds.set_state(data_state)
     logging.info('resumed from checkpoint at step %d', start_step)
   start_step = int(state.step)
+  clock.resume(start_step)
 
   writer = metric_writers.create_default_writer(workdir, just_logging=not is_main)
   if is_main and config.get('logging', None) is not None and config.logging.get('wandb', False):
@@ -295,13 +298,30 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, stop_
 
   position = dict(data=ds.get_state())  # the dataset position after the last batch the loop took
 
-  def save(step):
+  def save(step, stopped=False):
     ckpt.save(step, state, position['data'])
+    clock.mark(step, stopped=stopped)
+
+  # The budget is checked every step on one process; across processes at log steps, by process 0's clock
+  # (all processes must leave the loop at the same step).
+  check_every = 1 if jax.process_count() == 1 else config.log_every
+
+  def out_of_time(done):
+    if clock.budget <= 0 or done % check_every:
+      return False
+    if jax.process_count() == 1:
+      return clock.exhausted()
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    return bool(multihost_utils.broadcast_one_to_all(np.bool_(clock.exhausted())))
 
   acc = None
   last_time, last_step, t0 = time.time(), start_step, time.time()
   pending = None  # metrics of the previous step, read one step late so the host never stalls the device
   end_step = config.total_steps if stop_after is None else min(config.total_steps, start_step + stop_after)
+  if start_step > 0 and clock.record['stopped_by_budget'] == start_step and clock.exhausted():
+    logging.warning('max_train_seconds=%g was reached at step %d: nothing left to train', clock.budget,
+                    start_step)
+    end_step = start_step
   # The next batches are read and copied to the devices on a thread while the step runs (sid2.host_input).
   fetch = lambda s: (ts.global_batch(ds.next_batch(s), mesh), ds.get_state())
   with _Preemption() as preempt, host_input.Prefetcher(fetch, start_step, end_step,
@@ -328,7 +348,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, stop_
         last_time, last_step = now, done
         scalars = {k: float(v / acc['n']) for k, v in acc.items()
                    if k not in ARRAY_METRICS + COUNTERS + ('n',)}
-        scalars.update(steps_per_sec=rate, learning_rate=float(lr_fn(done)),
+        scalars.update(steps_per_sec=rate, learning_rate=float(lr_fn(done)), train_seconds=clock.seconds(),
                        images_per_sec=rate * config.batch_size, nonfinite_total=float(acc['nonfinite_total']))
         counts = acc['bin_count']
         for i in np.nonzero(counts)[0]:
@@ -347,8 +367,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, stop_
       if preempt.requested:
         save(done)
         break
+      if out_of_time(done):
+        logging.warning('max_train_seconds=%g reached on the %s clock at step %d: saving and stopping',
+                        clock.budget, clock.clock, done)
+        if done % config.checkpoint_every and done != config.total_steps:
+          save(done, stopped=True)
+        else:
+          clock.mark(done, stopped=True)
+        if done % config.eval_every and done != config.total_steps:
+          evaluate(done)
+        break
     else:
-      if stop_after is not None:
+      if stop_after is not None and end_step > start_step:
         save(end_step)
   if tracing:
     jax.profiler.stop_trace()  # the run ended inside the profiled range
