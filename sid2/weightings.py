@@ -9,6 +9,7 @@ loss_type strings:
   edm                                EDM's weighting in this form                    (SPEC §11)
   edm_monotonic                      EDM's weighting made monotone                    (SPEC §11)
   elbo                               w = 1                                            (SPEC §3)
+  min_snr:<gamma>                    min-SNR-γ (Hang et al. 2023) in this form: w = sech(λ/2) min(1, γ e^-λ)
 `eps_mse` (no -dlambda/dt factor) and `power:<b>` (per Haar band) are losses without a single w(lambda);
 see `sid2.losses`.
 """
@@ -79,6 +80,36 @@ def elbo_weight(logsnr):
   return jnp.ones_like(logsnr)
 
 
+def min_snr_weight(logsnr, gamma):
+  """w(lambda) = sech(lambda/2) min(1, gamma e^-lambda): min-SNR-gamma (Kingma & Gao 2303.00848 Table 1).
+
+  With the cosine schedule, 1/2 w (-dlambda/dt) = pi min(1, gamma / SNR): the uniform-t eps-MSE weighted as
+  min-SNR-gamma prescribes (x- and v-prediction losses with weight min(SNR, gamma) / SNR or / (SNR + 1) alike).
+  """
+  return jnp.minimum(1.0, gamma * jnp.exp(-logsnr)) / jnp.cosh(0.5 * logsnr)
+
+
+@dataclasses.dataclass(frozen=True)
+class MinSNRWeighting:
+  """min-SNR-gamma, gamma > 0 (`min_snr:<gamma>`)."""
+  gamma: float
+
+  def __call__(self, logsnr, step=None):
+    del step
+    return min_snr_weight(logsnr, self.gamma)
+
+
+def parse_min_snr(loss_type: str) -> MinSNRWeighting:
+  """'min_snr:<gamma>' -> MinSNRWeighting; gamma a number > 0."""
+  parts = loss_type.split(':')[1:]
+  if len(parts) != 1:
+    raise ValueError(f'loss_type {loss_type!r}: expected min_snr:<gamma>, e.g. min_snr:5')
+  (gamma,) = _parse_floats(loss_type, parts, 'gamma')
+  if not gamma > 0:
+    raise ValueError(f'loss_type {loss_type!r}: gamma must be > 0')
+  return MinSNRWeighting(gamma)
+
+
 @dataclasses.dataclass(frozen=True)
 class SigmoidWeighting:
   """sigmoid(b - lambda) with a fixed bias, or the time-shifted bias of SiD2 C.2 when t_b > 0."""
@@ -145,6 +176,7 @@ for _name, _fn in (('edm', edm_weight), ('edm_monotonic', edm_monotonic_weight),
   register_weighting(_name)(_fn)
 WEIGHTINGS.register_pattern(r'sigmoid:.*', ('sigmoid:<b>', 'sigmoid:<b_start>:<b_end>:<t_b>'),
                             lambda name, match: parse_sigmoid(name))
+WEIGHTINGS.register_pattern(r'min_snr:.*', ('min_snr:<gamma>',), lambda name, match: parse_min_snr(name))
 WEIGHTING_NAMES = WEIGHTINGS.names()
 
 

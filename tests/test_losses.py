@@ -150,3 +150,30 @@ def test_unknown_names_list_allowed():
     weightings.get_weighting('sigmoid:-6:-3:0')
   with pytest.raises(ValueError, match='divisible'):
     losses.validate_loss_type('power:0:3', image_res=36)
+
+
+@pytest.mark.parametrize('gamma', [1.0, 5.0])
+def test_min_snr_is_the_uniform_t_min_snr_loss_under_the_cosine_schedule(gamma):
+  """1/2 w (-dlambda/dt) = pi min(1, gamma / SNR) for the cosine schedule (Kingma & Gao Table 1): with a v
+  (or x) prediction error this is min(SNR, gamma)/(SNR + 1) ||v - v_hat||^2 up to the constant pi."""
+  cosine = schedules.get_schedule('cosine')
+  x, eps, _, eps_hat, t = _random_problem(jax.random.PRNGKey(7))
+  alpha, sigma = (a[:, None, None, None] for a in schedules.alpha_sigma(cosine(t)))
+  x_hat = (parametrization.diffuse(x, eps, cosine(t)) - sigma * eps_hat) / alpha  # x_hat of the same model
+  ours = losses.get_loss(f'min_snr:{gamma}', cosine)(x, eps, x_hat, eps_hat, t)
+  snr = jnp.exp(cosine(t))
+  # Our cosine schedule is truncated to a logSNR range, which scales -dlambda/dt by a constant c ~ 0.99.
+  eps_mse = jnp.mean((eps - eps_hat) ** 2, axis=(1, 2, 3))
+  ratio = ours / (jnp.minimum(1.0, gamma / snr) * eps_mse)
+  np.testing.assert_allclose(ratio, ratio[0], rtol=1e-4)
+  assert abs(float(ratio[0]) / math.pi - 1) < 0.01
+  # The same through the x error: ||x - x_hat||^2 = ||eps - eps_hat||^2 / SNR, min-SNR weight min(SNR, gamma).
+  x_mse = jnp.mean((x - x_hat) ** 2, axis=(1, 2, 3))
+  np.testing.assert_allclose(ours, ratio[0] * jnp.minimum(snr, gamma) * x_mse, rtol=2e-3)
+
+
+def test_min_snr_bad_gamma_is_refused():
+  for bad in ('min_snr:0', 'min_snr:-1', 'min_snr:x', 'min_snr:1:2'):
+    with pytest.raises(ValueError, match='min_snr'):
+      losses.parse_loss(bad)
+  assert 'min_snr:<gamma>' in losses.loss_type_names()
