@@ -209,3 +209,24 @@ def test_rgb_run_scored_end_to_end_with_inception(tmp_path, inception_file, imag
   shards = sorted(os.listdir(out['samples_dir']))
   arr = np.concatenate([np.load(os.path.join(out['samples_dir'], s))['arr_0'] for s in shards])
   assert arr.shape == (4, image_res, image_res, 3) and arr.dtype == np.uint8
+
+
+def test_image_folder_run_trains_and_is_scored_with_inception(tmp_path, inception_file):
+  """Issue 16: a folder of PNGs (own data) trains and is scored end to end against statistics streamed from
+  the same folder."""
+  from sid2 import trainer
+  from tests.test_image_folder import _write_pngs
+  path, digest = inception_file
+  root = _write_pngs(str(tmp_path / 'imgs'), per_class=4)
+  cfg = tiny_config(total_steps=1, checkpoint_every=1, eval_every=1000, image_res=32,
+                    **{'dataset.name': f'folder:{root}', 'dataset.num_classes': 2, 'model.num_classes': 2,
+                       'sampler.num_samples': 0})
+  workdir = str(tmp_path / 'run')
+  trainer.train_and_evaluate(cfg, workdir)
+  ref = str(tmp_path / 'ref.npz')
+  rec = reference_stats.run(cfg, features='inception', out=ref, num=8, batch_size=4, pr_cap=8, split='train',
+                            inception_weights=path, inception_sha256=digest, log=lambda s: None)
+  assert rec['num'] == 8 and '32x32x3' in rec['source']
+  out = evaluate.main(['evaluate', f'--workdir={workdir}', '--num_samples=4', '--features=inception',
+                       f'--inception_weights={path}', f'--inception_sha256={digest}', f'--ref={ref}'] + SAMPLING)
+  assert np.isfinite(out['fd']) and out['fd'] > 0 and out['sampling']['image_shape'] == [32, 32, 3]
