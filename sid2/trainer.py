@@ -199,13 +199,20 @@ class _Preemption:
       signal.signal(signal.SIGTERM, self._old)
 
 
-def _progress_line(step, total, loss, steps_per_s, elapsed):
+def _progress_line(step, total, loss, steps_per_s, elapsed, clock=None):
+  """One progress line; with a time budget (`clock`: a TrainClock) the bar and the ETA follow the budget."""
   eta = (total - step) / steps_per_s if steps_per_s > 0 else float('nan')
   fmt = lambda s: time.strftime('%H:%M:%S', time.gmtime(s)) if math.isfinite(s) else '--:--:--'
   bar_w = 24
-  filled = int(bar_w * step / max(total, 1))
+  frac = step / max(total, 1)
+  budget = ''
+  if clock is not None and clock.budget > 0:
+    spent = clock.seconds()
+    frac = max(frac, spent / clock.budget)
+    budget = f'  budget {spent:.0f}/{clock.budget:.0f} s ({clock.clock})'
+  filled = min(bar_w, int(bar_w * frac))
   return (f'[{"#" * filled}{"." * (bar_w - filled)}] step {step}/{total}  loss {loss:.5f}  '
-          f'{steps_per_s:.2f} steps/s  elapsed {fmt(elapsed)}  ETA {fmt(eta)}')
+          f'{steps_per_s:.2f} steps/s  elapsed {fmt(elapsed)}  ETA {fmt(eta)}{budget}')
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -358,7 +365,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, stop_
         if is_main:
           write_loss_vs_logsnr(os.path.join(workdir, 'loss_vs_logsnr.jsonl'), done, acc['bin_loss_sum'],
                                acc['bin_eps_mse_sum'], counts)
-          print(_progress_line(done, config.total_steps, scalars['loss'], rate, now - t0), flush=True)
+          print(_progress_line(done, config.total_steps, scalars['loss'], rate, now - t0, clock), flush=True)
         acc = None
       if done % config.checkpoint_every == 0 or done == config.total_steps:
         save(done)
