@@ -20,17 +20,15 @@ Writes <out>/<recipe>/seed<s>/result.json (reused by reruns with unchanged setti
 """
 from __future__ import annotations
 
-import copy
-import hashlib
 import json
 import os
 import sys
 import time
 
 from absl import flags
-import numpy as np
 
 from experiments import cli
+from sid2 import study
 
 # Shape of a small U-ViT at 32x32 close to the simple reference of issue 18 (lucidrains' simple_diffusion
 # U-ViT: dims 32/64/128, patch 2, 6 transformer layers; ~3.0M parameters there, 2.71M here).
@@ -111,12 +109,6 @@ def recipe_config(name: str, seed: int, *, budget: float, clock: str, fixed_step
   return c
 
 
-def fingerprint(config, scoring: dict) -> str:
-  """sha256 of the run's config and scoring settings (a rerun reuses a run only when both are unchanged)."""
-  blob = json.dumps(dict(config=config.to_dict(), scoring=scoring), sort_keys=True, default=str)
-  return hashlib.sha256(blob.encode()).hexdigest()
-
-
 def validate(recipes, seeds, budget, fixed_step, num_samples, sample_steps):
   """ValueError naming the flag, before any compute."""
   for r in recipes:
@@ -134,87 +126,44 @@ def validate(recipes, seeds, budget, fixed_step, num_samples, sample_steps):
     raise ValueError(f'--num_samples must be >= 2 and --sample_steps >= 1; got {num_samples}, {sample_steps}')
 
 
-def _score(workdir, step, scoring, log):
-  from sid2 import sampling  # pylint: disable=g-import-not-at-top
-  from sid2.eval import evaluation  # pylint: disable=g-import-not-at-top
-  raw = dict(dict.fromkeys(sampling.FLAG_NAMES), workdir=workdir, step=step,
-             num_samples=scoring['num_samples'], batch_size=min(scoring['batch_size'], scoring['num_samples']),
-             sampler='ddpm', num_steps=scoring['sample_steps'], guidance=0.0, guidance_interval='none',
-             seed=scoring['seed'], labels=None, class_label=None)
-  rec = evaluation.evaluate(raw, compute_pr=True, log=log)
-  return dict(step=int(rec['step']), fd=rec['fd'], precision=rec.get('precision'), recall=rec.get('recall'),
-              sample_seconds=rec['sample_seconds'])
-
-
 def run_one(name, seed, out, *, budget, clock, fixed_step, scoring, smoke, log=print) -> dict:
   """Trains (or reuses) one run and scores it at the budget and at the fixed step."""
-  from sid2 import checkpoint as ckpt_lib  # pylint: disable=g-import-not-at-top
-  from sid2 import train_clock  # pylint: disable=g-import-not-at-top
-  from sid2 import trainer  # pylint: disable=g-import-not-at-top
   config = recipe_config(name, seed, budget=budget, clock=clock, fixed_step=fixed_step, smoke=smoke)
   workdir = os.path.join(out, name, f'seed{seed}')
-  rpath = os.path.join(workdir, 'result.json')
-  fp = fingerprint(config, dict(scoring, fixed_step=fixed_step))
-  if os.path.isfile(rpath):
-    with open(rpath) as f:
-      prev = json.load(f)
-    if prev.get('fingerprint') == fp:
-      log(f'[{name}/seed{seed}] reusing {rpath}: FD {prev["budget_score"]["fd"]:.2f}')
-      return prev
-    log(f'[{name}/seed{seed}] settings changed since {rpath}: retraining')
-    import shutil  # pylint: disable=g-import-not-at-top
-    shutil.rmtree(workdir)
-  log(f'[{name}/seed{seed}] training for {budget:g} s on the {clock} clock in {workdir}')
-  state = trainer.train_and_evaluate(config, workdir)
-  clock_rec = train_clock.read(workdir)
-  final = int(state.step)
-  ckpt = ckpt_lib.Checkpointer(os.path.join(workdir, 'checkpoints'))
-  steps = sorted(int(s) for s in ckpt.all_steps())
-  ckpt.close()
-  result = dict(recipe=name, seed=int(seed), fingerprint=fp, steps_reached=final, budget=budget, clock=clock,
-                seconds_at=clock_rec.get('steps', {}), stopped_by_budget=clock_rec.get('stopped_by_budget'),
-                num_params=None, checkpoints=steps)
-  result['budget_score'] = _score(workdir, final, scoring, log)
-  result['fixed_score'] = _score(workdir, fixed_step, scoring, log) if 0 < fixed_step <= final else None
-  from sid2 import restore  # pylint: disable=g-import-not-at-top
-  import jax  # pylint: disable=g-import-not-at-top
-  params, _ = restore.load_ema_params(workdir, final)
-  result['num_params'] = int(sum(x.size for x in jax.tree.leaves(params)))
-  result['config'] = json.loads(config.to_json_best_effort())
-  with open(rpath, 'w') as f:
-    json.dump(result, f, indent=1)
-  b = result['budget_score']
-  log(f'[{name}/seed{seed}] {final} steps in the budget: FD {b["fd"]:.2f}, P/R {b["precision"]:.2f}/'
-      f'{b["recall"]:.2f}' + (f'; at step {fixed_step}: FD {result["fixed_score"]["fd"]:.2f}'
-                              if result['fixed_score'] else f'; step {fixed_step} not reached'))
-  return result
 
+  def train_and_score():
+    from sid2 import checkpoint as ckpt_lib  # pylint: disable=g-import-not-at-top
+    from sid2 import restore  # pylint: disable=g-import-not-at-top
+    from sid2 import train_clock  # pylint: disable=g-import-not-at-top
+    from sid2 import trainer  # pylint: disable=g-import-not-at-top
+    import jax  # pylint: disable=g-import-not-at-top
+    log(f'[{name}/seed{seed}] training for {budget:g} s on the {clock} clock in {workdir}')
+    final = int(trainer.train_and_evaluate(config, workdir).step)
+    clock_rec = train_clock.read(workdir)
+    ckpt = ckpt_lib.Checkpointer(os.path.join(workdir, 'checkpoints'))
+    steps = sorted(int(s) for s in ckpt.all_steps())
+    ckpt.close()
+    params, _ = restore.load_ema_params(workdir, final)
+    result = dict(recipe=name, seed=int(seed), steps_reached=final, budget=budget, clock=clock,
+                  seconds_at=clock_rec.get('steps', {}), stopped_by_budget=clock_rec.get('stopped_by_budget'),
+                  num_params=int(sum(x.size for x in jax.tree.leaves(params))), checkpoints=steps,
+                  budget_score=study.score(workdir, final, log=log, **scoring),
+                  fixed_score=study.score(workdir, fixed_step, log=log, **scoring)
+                  if 0 < fixed_step <= final else None,
+                  config=json.loads(config.to_json_best_effort()))
+    b = result['budget_score']
+    log(f'[{name}/seed{seed}] {final} steps in the budget: FD {b["fd"]:.2f}, P/R {b["precision"]:.2f}/'
+        f'{b["recall"]:.2f}' + (f'; at step {fixed_step}: FD {result["fixed_score"]["fd"]:.2f}'
+                                if result['fixed_score'] else f'; step {fixed_step} not reached'))
+    return result
 
-def real_control(num_samples, batch_size, log=print) -> dict:
-  """FD / precision / recall of N real training images against the first N test images (the floor at N)."""
-  from sid2 import data  # pylint: disable=g-import-not-at-top
-  from sid2.eval import fd as fd_lib  # pylint: disable=g-import-not-at-top
-  from sid2.eval import features as features_lib  # pylint: disable=g-import-not-at-top
-  feature_fn = features_lib.load_feature_fn()
-  train = data.fit_fashion_resolution(data.load_fashion_mnist(None, 'train')[0][:num_samples], 32)
-  test = data.fit_fashion_resolution(data.load_fashion_mnist(None, 'test')[0][:num_samples], 32)
-  fa = features_lib.batched_features(feature_fn, train, batch_size=batch_size)
-  fb = features_lib.batched_features(feature_fn, test, batch_size=batch_size)
-  p, r = fd_lib.precision_recall(fb, fa)
-  out = dict(fd=float(fd_lib.frechet_distance_features(fa, fb)), precision=float(p), recall=float(r),
-             num_samples=int(num_samples))
-  log(f'control: real train vs test images at N={num_samples}: FD {out["fd"]:.2f}')
-  return out
+  fp = study.fingerprint(config, dict(scoring, fixed_step=fixed_step))
+  return study.reuse_or_run(workdir, fp, train_and_score, f'{name}/seed{seed}', log)
 
 
 def summarise(results: dict) -> dict:
   """{recipe: {metric: {mean, std, n, values}}} over seeds, at the budget and at the fixed step."""
-  def agg(values):
-    v = np.asarray([x for x in values if x is not None], np.float64)
-    if not len(v):
-      return None
-    return dict(mean=float(v.mean()), std=float(v.std(ddof=1)) if len(v) > 1 else 0.0, n=int(len(v)),
-                values=[float(x) for x in v])
+  agg = study.aggregate
   table = {}
   for name, runs in results.items():
     row = dict(description=RECIPES[name][0], num_params=runs[0]['num_params'])
@@ -230,7 +179,7 @@ def summarise(results: dict) -> dict:
 
 
 def markdown(table: dict, summary: dict) -> str:
-  fmt = lambda d, p=2: '—' if d is None else f'{d["mean"]:.{p}f} ± {d["std"]:.{p}f} (n={d["n"]})'
+  fmt = study.fmt
   lines = [f'| recipe | params | steps in budget | FD @ budget | P / R @ budget | FD @ step '
            f'{summary["fixed_step"]} | wall s | CPU s |', '|---|---|---|---|---|---|---|---|']
   for name, r in table.items():
@@ -292,7 +241,7 @@ def run(out, recipes, seeds, *, budget, clock, fixed_step, num_samples, sample_s
   table = summarise(results)
   summary = dict(recipes=list(recipes), seeds=[int(s) for s in seeds], budget=budget, clock=clock,
                  fixed_step=fixed_step, num_samples=num_samples, sample_steps=sample_steps, sampler='ddpm',
-                 guidance=0.0, table=table, control=real_control(num_samples, batch_size, log),
+                 guidance=0.0, table=table, control=study.real_control(num_samples, batch_size, log),
                  wall_seconds=round(time.time() - t0, 1),
                  command=' '.join(['python -m experiments.recipe_study'] + sys.argv[1:]))
   summary['markdown'] = markdown(table, summary)
