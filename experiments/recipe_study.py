@@ -4,7 +4,7 @@
   python -m experiments.recipe_study --out runs/recipe_study --recipes sid2_default,uvit_small --seeds 0
   python -m experiments.recipe_study --out /tmp/recipe_smoke --smoke               # CI: tiny, < 2 minutes
 
-Every recipe (RECIPES: overrides of the unconditional `configs/fashion_mnist.py`) trains for a fixed time
+Every recipe (RECIPES: overrides of SiD2's recipe `configs/fashion_mnist_sid2.py`, made unconditional) trains for a fixed time
 budget (`config.max_train_seconds` on `config.train_clock`, compilation included: `--budget`, `--clock`;
 the 'process' clock counts the CPU seconds of the training process, so runs stay comparable when other
 jobs share the machine; alone on 2 cores it is about 2x the wall time) and for >= 3 seeds. Each run is scored
@@ -34,9 +34,10 @@ from sid2 import study
 # U-ViT: dims 32/64/128, patch 2, 6 transformer layers; ~3.0M parameters there, 2.71M here).
 UVIT_SMALL = {'model.channels': (32, 64, 128), 'model.enc_blocks': (1, 1, 1), 'model.dec_blocks': (1, 1, 1),
               'model.transformer_channels': 128, 'model.transformer_blocks': 6, 'model.num_heads': 4}
-# Each recipe: (what it tests, overrides of the unconditional default config).
+# Each recipe: (what it tests, overrides of SiD2's recipe (configs/fashion_mnist_sid2.py)).
 RECIPES = {
-    'sid2_default': ('the current default (48/96 U-ViT, 2x192 transformer, sigmoid:2.55, v, lr 2e-3)', {}),
+    'sid2_default': ("SiD2's recipe, the default before this study (48/96 U-ViT, 2x192 transformer, "
+                     'sigmoid:2.55, v, lr 2e-3)', {}),
     'uvit_small': ('model shape only: 32/64/128 U-ViT with 6x128 transformer', dict(UVIT_SMALL)),
     'uvit_small_min_snr': ('uvit_small + min-SNR-5 weighting instead of sigmoid:2.55',
                            dict(UVIT_SMALL, loss_type='min_snr:5')),
@@ -76,10 +77,10 @@ def define_flags(fv: flags.FlagValues):
 
 def recipe_config(name: str, seed: int, *, budget: float, clock: str, fixed_step: int, smoke: bool = False):
   """The training config of recipe `name`, seed `seed`: unconditional Fashion-MNIST, stopped by the budget."""
-  from configs import fashion_mnist  # pylint: disable=g-import-not-at-top
+  from configs import fashion_mnist_sid2  # pylint: disable=g-import-not-at-top
   if name not in RECIPES:
     raise ValueError(f'unknown recipe {name!r}; allowed: {sorted(RECIPES)}')
-  c = fashion_mnist.get_config()
+  c = fashion_mnist_sid2.get_config()
   c.description = f'recipe study: {name} seed {seed}'
   c.model.num_classes = 0
   c.dataset.num_classes = 0
