@@ -14,7 +14,8 @@ Arms (each in `--spaces pixel,latent`; `--arms` picks a subset):
   wg_iso       the iso-MAC WG-UNet: wg plus one full-resolution ResBlock after the last WG-Up, spending the
                MACs the removed resampling convs saved (the table shows both MAC counts)
   and the readings' ablations: wg_old (first readings: default gate init, gcd(C, 32) groups), wg_channel
-  ('channel' gates), wg_distill_raw (unnormalised frequency weights).
+  ('channel' gates), wg_distill_raw (unnormalised frequency weights), wg_distill_fnorm (each tap's loss
+  relative to the teacher feature's mean square: distill.feature_norm='teacher').
 Distilled arms of seed s use the teacher of seed s, pinned by step and sha256 in their config and record.
 Latent space: the KL autoencoder of spectral.autoencoder (f = 4, 32x32x1 -> 8x8x4), trained once into
 <out>/autoencoder (or `--autoencoder DIR` from experiments.train_autoencoder), whose sha256 every latent arm's
@@ -40,9 +41,9 @@ import numpy as np
 
 SPACES = ('pixel', 'latent')
 MAIN_ARMS = ('teacher', 'lite', 'wg', 'wg_distill', 'positive', 'wg_iso')
-ABLATION_ARMS = ('wg_old', 'wg_channel', 'wg_distill_raw')
+ABLATION_ARMS = ('wg_old', 'wg_channel', 'wg_distill_raw', 'wg_distill_fnorm')
 ARMS = MAIN_ARMS + ABLATION_ARMS
-DISTILLED = ('wg_distill', 'positive', 'wg_distill_raw')
+DISTILLED = ('wg_distill', 'positive', 'wg_distill_raw', 'wg_distill_fnorm')
 
 # steps: training steps per run; batch; fd_n: samples for FD / P-R; sample_steps: DDIM steps; hf_n: held-out
 # images for the ε-MSE split; seeds; ae_steps / ae_train: autoencoder training. 'default' is sized for about
@@ -142,6 +143,8 @@ def arm_config(space, arm, seed, size, *, latents_dir='', ae_sha256='', teacher=
       c.distill = sc.distill_config(**distill_cfg.POSITIVE_CONTROL)
     elif arm == 'wg_distill_raw':
       c.distill.weight_norm = 'none'
+    elif arm == 'wg_distill_fnorm':
+      c.distill.feature_norm = 'teacher'
     if teacher is not None:
       c.teacher_workdir, c.distill.teacher_step, c.distill.teacher_sha256 = teacher
     else:

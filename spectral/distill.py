@@ -1,7 +1,7 @@
 """Spectrum-aware distillation of Spectral Diffusion (arXiv 2211.17106; SPEC §13; supplement §3.2-3.3).
 
 L = L_diffusion + λ_s L_spatial + λ_f L_freq over taps P ⊆ {output, feat-up1, feat-up2, feat-down4}:
-  L_spatial = Σ_i mean |F_T^(i) - Π_i F_S^(i)|²,
+  L_spatial = Σ_i mean |F_T^(i) - Π_i F_S^(i)|²   (optionally / mean |F_T^(i)|², `feature_norm='teacher'`),
   L_freq    = Σ_i mean_{u,v,c} w_i(u,v) |𝓕F_T^(i) - 𝓕Π_iF_S^(i)|²,   𝓕 = 2-D DFT over space, norm='ortho',
   w_i       = (mean_c |𝓕 resize(x₀ -> H_i x W_i)| + δ)^α, α = -1, δ = 1e-3, stop-gradient,
               then (SPEC §13 amendment, `weight_norm='mean'`) divided by its mean over (u, v) per example, so
@@ -39,6 +39,14 @@ DISTILL_DEFAULTS = dict(
     teacher_sha256='',            # sha256 of the teacher's EMA params (sid2.export.params_sha256); '' = unchecked.
 )
 WEIGHT_NORMS = ('mean', 'none')
+# Optional fields: absent from configs that do not set them (their runs' configs, and fingerprints, unchanged).
+OPTIONAL_DEFAULTS = dict(
+    # 'teacher' (ours, issue 12): each tap's L_spatial and L_freq divided by the teacher feature's mean square
+    # per example (stop-gradient), i.e. a relative error, so λ_s, λ_f weigh an intermediate feature (whose
+    # scale is whatever the teacher learnt, e.g. ~30x the output's) like the output tap; 'none': raw.
+    feature_norm='none',
+)
+FEATURE_NORMS = ('none', 'teacher')
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -79,8 +87,12 @@ def frequency_loss(teacher, student, weights):
   return jnp.mean(weights * (jnp.square(diff.real) + jnp.square(diff.imag)), axis=(1, 2, 3))
 
 
-def distill_losses(teacher_features, student_features, x0, taps, alpha=-1.0, delta=1e-3, norm='none'):
-  """{tap: (L_spatial [B], L_freq [B])} for each tap; the teacher's features are stop-gradient (SPEC §13)."""
+def distill_losses(teacher_features, student_features, x0, taps, alpha=-1.0, delta=1e-3, norm='none',
+                   feature_norm='none'):
+  """{tap: (L_spatial [B], L_freq [B])} for each tap; the teacher's features are stop-gradient (SPEC §13).
+  feature_norm='teacher': both divided by mean |F_T|² per example (a relative error; OPTIONAL_DEFAULTS)."""
+  if feature_norm not in FEATURE_NORMS:
+    raise ValueError(f'feature_norm must be one of {FEATURE_NORMS}; got {feature_norm!r}')
   out = {}
   for tap in taps:
     t = jax.lax.stop_gradient(teacher_features[tap].astype(jnp.float32))
@@ -89,7 +101,11 @@ def distill_losses(teacher_features, student_features, x0, taps, alpha=-1.0, del
       raise ValueError(f'distillation tap {tap!r}: teacher feature {t.shape} and projected student feature '
                        f'{s.shape} differ')
     w = frequency_weights(x0, t.shape[1], t.shape[2], alpha, delta, norm)
-    out[tap] = (spatial_loss(t, s), frequency_loss(t, s, w))
+    ls, lf = spatial_loss(t, s), frequency_loss(t, s, w)
+    if feature_norm == 'teacher':
+      scale = jnp.mean(jnp.square(t), axis=(1, 2, 3)) + 1e-8
+      ls, lf = ls / scale, lf / scale
+    out[tap] = (ls, lf)
   return out
 
 
@@ -110,11 +126,12 @@ def combine(losses, lambda_spatial, lambda_freq):
 def resolve_distill_config(distill):
   """The `distill` sub-config's fields with defaults; ValueError naming a bad field."""
   cfg = distill.to_dict() if hasattr(distill, 'to_dict') else dict(distill)
-  unknown = sorted(set(cfg) - set(DISTILL_DEFAULTS))
+  allowed = dict(DISTILL_DEFAULTS, **OPTIONAL_DEFAULTS)
+  unknown = sorted(set(cfg) - set(allowed))
   if unknown:
     raise ValueError(f'unknown config field(s) {["distill." + k for k in unknown]}; allowed: '
-                     f'{sorted(DISTILL_DEFAULTS)}')
-  f = dict(DISTILL_DEFAULTS, **cfg)
+                     f'{sorted(allowed)}')
+  f = dict(allowed, **cfg)
   if f['name'] != 'spectral':
     raise ValueError(f"config field distill.name must be 'spectral' here, got {f['name']!r}")
   taps = f['taps']
@@ -137,6 +154,9 @@ def resolve_distill_config(distill):
     raise ValueError(f'config field distill.delta must be > 0, got {f["delta"]}')
   if f['weight_norm'] not in WEIGHT_NORMS:
     raise ValueError(f'config field distill.weight_norm must be one of {WEIGHT_NORMS}, got {f["weight_norm"]!r}')
+  if f['feature_norm'] not in FEATURE_NORMS:
+    raise ValueError(f'config field distill.feature_norm must be one of {FEATURE_NORMS}, got '
+                     f'{f["feature_norm"]!r}')
   if isinstance(f['teacher_step'], bool) or not isinstance(f['teacher_step'], int) or f['teacher_step'] < 0:
     raise ValueError(f'config field distill.teacher_step must be an int >= 0 (0: newest), got '
                      f'{f["teacher_step"]!r}')
@@ -258,7 +278,7 @@ def make_aux_loss_fn(teacher, fields):
                                         return_features=True)
     teacher_features = jax.lax.stop_gradient(teacher_features)
     losses = distill_losses(teacher_features, features, inputs['x'], fields['taps'], fields['alpha'],
-                            fields['delta'], fields['weight_norm'])
+                            fields['delta'], fields['weight_norm'], fields['feature_norm'])
     return combine(losses, fields['lambda_spatial'], fields['lambda_freq'])
   return aux_loss_fn
 

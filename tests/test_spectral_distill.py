@@ -61,6 +61,26 @@ def test_parseval_alpha_zero_freq_equals_spatial():
                              rtol=1e-6)
 
 
+def test_feature_norm_teacher_makes_each_tap_a_relative_error():
+  """feature_norm='teacher': features scaled by c give the same losses (relative error), 'none' gives c^2 x;
+  the normalised L_spatial is |F_T - F_S|^2 / |F_T|^2 in closed form."""
+  rng = np.random.default_rng(1)
+  t, s = (jnp.asarray(rng.standard_normal((3, 8, 8, 4)), jnp.float32) for _ in range(2))
+  x0 = jnp.asarray(rng.standard_normal((3, 16, 16, 1)), jnp.float32)
+  loss = lambda c, fn: distill.distill_losses({'a': c * t}, {'a': c * s}, x0, ('a',), norm='mean',
+                                              feature_norm=fn)['a']
+  for got, want in zip(loss(30.0, 'teacher'), loss(1.0, 'teacher')):
+    np.testing.assert_allclose(got, want, rtol=1e-4)
+  for got, want in zip(loss(30.0, 'none'), loss(1.0, 'none')):
+    np.testing.assert_allclose(got, 900.0 * want, rtol=1e-4)
+  tn, sn = np.asarray(t), np.asarray(s)
+  np.testing.assert_allclose(loss(1.0, 'teacher')[0], np.mean((tn - sn) ** 2, axis=(1, 2, 3)) /
+                             np.mean(tn ** 2, axis=(1, 2, 3)), rtol=1e-5)
+  with pytest.raises(ValueError, match='distill.feature_norm'):
+    distill.resolve_distill_config(dict(name='spectral', feature_norm='layer'))
+  assert distill.resolve_distill_config(dict(name='spectral'))['feature_norm'] == 'none'
+
+
 def test_frequency_weights_up_weight_high_frequencies():
   x0 = smooth_image()
   w = np.asarray(distill.frequency_weights(x0, RES, RES))[0, :, :, 0]  # alpha=-1, delta=1e-3
