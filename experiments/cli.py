@@ -1,7 +1,8 @@
 """Shared by the command-line entry points: `main(argv, flag_values)` parses argv into a fresh FlagValues (so
 it is callable from tests and other scripts without touching absl's global flags); `cli_entry` runs it under
 absl with the global flags; `define_sampler_flags` / `sampler_flag_values` are the sampler flags of every
-command, defined once from `sid2.sampling`."""
+command and `define_guide_flags` / `guide_flag_values` the autoguidance flags of sample, evaluate and export,
+defined once from `sid2.sampling`."""
 from __future__ import annotations
 
 import sys
@@ -63,3 +64,15 @@ def define_sampler_flags(fv: flags.FlagValues, fields: Sequence[str] = sampling.
 def sampler_flag_values(fv: flags.FlagValues, fields: Sequence[str] = sampling.FLAG_FIELDS) -> dict:
   """{flag name: value} of the sampler flags defined by `define_sampler_flags(fv, fields)`."""
   return {name: fv[name].value for name, _, _ in sampling.flag_specs(fields)}
+
+
+def define_guide_flags(fv: flags.FlagValues):
+  """Defines the autoguidance flags (--guide_workdir, --guide_step per `sampling.GUIDE_FLAGS`) on `fv`."""
+  define = dict(string=flags.DEFINE_string, integer=flags.DEFINE_integer)
+  for name, kind, help_text in sampling.GUIDE_FLAGS:
+    define[kind](name, None, help_text, flag_values=fv)
+
+
+def guide_flag_values(fv: flags.FlagValues) -> dict:
+  """{flag name: value} of the flags defined by `define_guide_flags(fv)`."""
+  return {name: fv[name].value for name in sampling.GUIDE_FLAG_NAMES}

@@ -3,11 +3,11 @@
   python -m experiments.evaluate --workdir runs/fmnist --num_samples 50000 [--batch_size 500] [--step N]
       [--features fmnist | --features inception --inception_weights pt_inception-2015-12-05-6726825d.pth]
       [--ref ref.npz] [--sampler ddpm --num_steps 128 --guidance 1.0 --guidance_interval=-3,5 --seed 0]
-      [--save_samples] [--save_pngs] [--all_steps]
+      [--save_samples] [--save_pngs] [--all_steps] [--guide_workdir G [--guide_step S] --guidance w]
 
 Samples come from the EMA parameters of the latest (or --step) checkpoint, drawn by `sid2.generation`
 exactly as `experiments.sample` draws them (sample i from the key fold_in(PRNGKey(seed), i), round-robin
-class labels for conditional models), in chunks of --batch_size sharded over all devices. Each chunk is
+class labels for conditional models; autoguided by --guide_workdir as there), in chunks of --batch_size sharded over all devices. Each chunk is
 quantized to 8-bit pixels, passed through the feature net and folded into float64 running statistics
 (`sid2.eval.streaming`): memory does not grow with --num_samples. FD uses all N samples; precision/recall
 (k = 3) use the features of the first --pr_cap samples and reference images (a capped subset).
@@ -51,7 +51,8 @@ from sid2.eval import streaming
 
 REAL_SPLIT = evaluation.REAL_SPLIT
 real_images = features_lib.fashion_mnist_test_images  # kept for callers (tests)
-SAMPLING_NAMES = ('workdir', 'step', 'num_samples', 'batch_size') + sampling.FLAG_NAMES + ('seed',)
+SAMPLING_NAMES = ('workdir', 'step', 'num_samples', 'batch_size') + sampling.FLAG_NAMES + (
+    sampling.GUIDE_FLAG_NAMES) + ('seed',)
 
 
 def define_flags(fv: flags.FlagValues):
@@ -63,6 +64,7 @@ def define_flags(fv: flags.FlagValues):
                        'when no --ref is given).', **d)
   flags.DEFINE_integer('batch_size', 500, 'Samples per jitted sampling call (over all devices).', **d)
   cli.define_sampler_flags(fv)  # --sampler, --num_steps, --clip_x, ... (sid2.sampling)
+  cli.define_guide_flags(fv)  # --guide_workdir, --guide_step: autoguidance (as in experiments.sample)
   flags.DEFINE_integer('seed', 0, 'Sampling seed.', **d)
   flags.DEFINE_bool('precision_recall', True, 'Also compute k-NN precision/recall (k = 3).', **d)
   flags.DEFINE_integer('pr_cap', streaming.DEFAULT_PR_CAP, 'Samples (and reference images) whose features '

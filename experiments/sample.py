@@ -18,6 +18,13 @@ Chunks of --batch_size samples (rounded up to a multiple of the device count) ar
 Labels (class-conditional models): `--labels 0,1,2` (repeated to --num_samples), `--class_label 3` (all),
 default round-robin 0, 1, ..., C-1, 0, ... --guidance_interval: 'lo,hi' in logSNR or 'none' (constant
 guidance); guidance w uses SiD2's convention (0 = none; SPEC §11).
+
+Autoguidance (SiD2 B.5; Karras et al. 2024): `--guide_workdir G [--guide_step S]` names a worse model of the
+same task (an earlier checkpoint of this run, or a run of a smaller config) and replaces classifier-free
+guidance by x = x_good + w (x_good - x_bad) on --guidance_interval, both models given the same labels;
+--guidance w is then required. The guide must have the same image shape, schedule, parametrisation and
+classes (checked before sampling); `<out>.json` records it (`guide`: workdir, step, params sha256) and
+--settings checks its parameters as it does the model's.
 """
 from __future__ import annotations
 from sid2 import runtime  # first, before jax: one CPU device per core, persistent compile cache
@@ -50,6 +57,7 @@ def define_flags(fv: flags.FlagValues):
   flags.DEFINE_integer('num_samples', None, 'Number of samples (default: config.sampler.num_samples).', **d)
   flags.DEFINE_integer('batch_size', None, 'Samples per jitted call (default: all at once).', **d)
   cli.define_sampler_flags(fv)  # --sampler, --num_steps, --clip_x, ... (sid2.sampling)
+  cli.define_guide_flags(fv)  # --guide_workdir, --guide_step: autoguidance (sid2.sampling.GuideSettings)
   flags.DEFINE_string('labels', None, 'Comma-separated class labels, repeated (or cut) to num_samples.', **d)
   flags.DEFINE_integer('class_label', None, 'One class label for all samples.', **d)
   flags.DEFINE_integer('seed', 0, 'Random seed.', **d)
@@ -66,7 +74,7 @@ write_outputs = generation.write_outputs
 def raw_from_flags(fv) -> dict:
   """User values from the flags, or from --settings (only --out / --workdir may be given beside it)."""
   names = ('workdir', 'out', 'step', 'num_samples', 'batch_size') + sampling.FLAG_NAMES + (
-      'labels', 'class_label', 'seed')
+      sampling.GUIDE_FLAG_NAMES) + ('labels', 'class_label', 'seed')
   if fv.settings:
     extra = sorted(n for n in names if fv[n].present and n not in SETTINGS_OVERRIDABLE)
     if extra:

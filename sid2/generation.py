@@ -100,7 +100,12 @@ def resolve_settings(raw: dict, config) -> dict:
     labels = [labels[i % len(labels)] for i in range(num_samples)]
   else:
     labels = restore.default_labels(config, num_samples)
-  if not num_classes and guidance != 0:
+  guide = sampling.GuideSettings.from_raw(raw)
+  if guide is not None and raw.get('guidance') is None:
+    raise ValueError(f'with a guide (autoguidance) give guidance w explicitly: it is the autoguidance '
+                     f'strength, and the config\'s guidance={s_cfg.get("guidance", None)!r} is a classifier-free '
+                     f'guidance strength')
+  if not num_classes and guidance != 0 and guide is None:
     logging.warning('the model is unconditional: guidance=%s is ignored', guidance)
     guidance = 0.0
 
@@ -110,11 +115,29 @@ def resolve_settings(raw: dict, config) -> dict:
     raise FileNotFoundError(f'no checkpoints in {restore.checkpoint_dir(raw["workdir"])}')
   if step is not None and step not in steps:
     raise ValueError(f'step={step!r} is not a checkpoint of {raw["workdir"]}; available steps: {steps}')
-  return dict(version=SETTINGS_VERSION, workdir=os.path.abspath(raw['workdir']), step=step,
-              num_samples=num_samples, batch_size=batch_size,
-              **sampled.override(guidance=float(guidance), guidance_interval=interval or ()).to_record(),
-              labels=labels, seed=seed,
-              out=os.path.abspath(out), params_sha256=raw.get('params_sha256'))
+  resolved = dict(version=SETTINGS_VERSION, workdir=os.path.abspath(raw['workdir']), step=step,
+                  num_samples=num_samples, batch_size=batch_size,
+                  **sampled.override(guidance=float(guidance), guidance_interval=interval or ()).to_record(),
+                  labels=labels, seed=seed,
+                  out=os.path.abspath(out), params_sha256=raw.get('params_sha256'))
+  if guide is not None:  # only when guided, so unguided records (and evaluation cache keys) are unchanged
+    resolved[sampling.GUIDE_RECORD_KEY] = resolve_guide(guide, config, raw['workdir']).to_record()
+  return resolved
+
+
+def resolve_guide(guide: 'sampling.GuideSettings', config, workdir: str) -> 'sampling.GuideSettings':
+  """The guide with an absolute workdir, after checking (from the config files, before any checkpoint is
+  read) that its model is registered, its step exists and it fits the model (`restore.check_guide`)."""
+  guide_config = restore.load_registered_config(guide.workdir)
+  steps = restore.checkpoint_steps(guide.workdir)
+  if not steps:
+    raise FileNotFoundError(f'no checkpoints in {restore.checkpoint_dir(guide.workdir)} (guide_workdir)')
+  if guide.step is not None and guide.step not in steps:
+    raise ValueError(f'guide_step={guide.step!r} is not a checkpoint of {guide.workdir}; available steps: '
+                     f'{steps}')
+  restore.check_guide(config, guide_config, workdir=os.path.abspath(workdir),
+                      guide_workdir=os.path.abspath(guide.workdir))
+  return dataclasses.replace(guide, workdir=os.path.abspath(guide.workdir))
 
 
 def label_array(settings: dict) -> np.ndarray:
@@ -179,19 +202,25 @@ def round_up_batch(batch_size: int, num_devices: int) -> int:
 # ---------------------------------------------------------------------------------------------------------
 # Sampling.
 
-def make_generate_fn(config, num_channels: int, mesh):
+def make_generate_fn(config, num_channels: int, mesh, guide_config=None):
   """`_generate_fn` cached by the sampling-relevant config fields and the mesh (one compilation per setting,
-  also across the checkpoints of `evaluate --all_steps`)."""
-  return _generate_fn(restore._sampler_key(config, 1, num_channels), mesh)  # pylint: disable=protected-access
+  also across the checkpoints of `evaluate --all_steps`). With `guide_config` the sampler is autoguided and
+  its `params` argument is the pair (params, guide params)."""
+  key = restore._sampler_key(config, 1, num_channels)  # pylint: disable=protected-access
+  guide_key = None if guide_config is None else restore._guide_key(guide_config)  # pylint: disable=protected-access
+  return _generate_fn(key, mesh, guide_key)
 
 
 @functools.lru_cache(maxsize=8)
-def _generate_fn(key, mesh):
+def _generate_fn(key, mesh, guide_key=None):
   """Jitted `gen(params, indices [B], labels [B], base_key, guidance, lo, hi) -> images [B, H, W, C]` in
-  [-1, 1] (clipped), sample b drawn with key fold_in(base_key, indices[b]); B sharded over the mesh."""
+  [-1, 1] (clipped), sample b drawn with key fold_in(base_key, indices[b]); B sharded over the mesh.
+  guide_key: autoguidance (`restore._guide_key` of the guide's config); params is then (params, guide)."""
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  one = restore._cached_sample_fn(*key)  # pylint: disable=protected-access  (the trainer's 1-sample sampler)
+  # The trainer's 1-sample sampler (autoguided: both models in it).
+  one = (restore._cached_sample_fn(*key) if guide_key is None  # pylint: disable=protected-access
+         else restore._cached_autoguided_sample_fn(*key, guide_key))  # pylint: disable=protected-access
 
   def gen(params, indices, labels, base, guidance, lo, hi):
     def draw(index, label):
@@ -216,6 +245,9 @@ class Generator:
   mesh: object
   chunk_size: int
   fn: object
+  # Autoguidance: the guide's EMA parameters, and {'workdir', 'step', 'params_sha256'} of what was restored.
+  guide_params: object = None
+  guide: Optional[dict] = None
   _base_key: object = None
 
   @property
@@ -234,14 +266,16 @@ class Generator:
     if self._base_key is None:
       import jax  # pylint: disable=g-import-not-at-top
       self._base_key = replicated(self.mesh, np.asarray(jax.random.PRNGKey(s['seed'])))
-    x = self.fn(self.params, sharded(self.mesh, idx), sharded(self.mesh, chunk_labels), self._base_key,
+    params = self.params if self.guide is None else (self.params, self.guide_params)
+    x = self.fn(params, sharded(self.mesh, idx), sharded(self.mesh, chunk_labels), self._base_key,
                 np.float32(s['guidance']), np.float32(lo), np.float32(hi))
     return x, max(0, min(b, n - k * b))
 
   def chunks(self, log=print) -> Iterator:
     """Yields (k, images jax.Array [chunk_size, ...] sharded, global start index, valid rows) per chunk."""
     s = self.settings
-    guided = int(self.config.model.get('num_classes', 0) or 0) > 0 and s['guidance'] != 0
+    guided = (self.guide is not None or int(self.config.model.get('num_classes', 0) or 0) > 0) and \
+        s['guidance'] != 0
     for k in range(self.num_chunks):
       t0 = time.time()
       x, valid = self.chunk(k)
@@ -257,10 +291,11 @@ class Generator:
     """The settings with the restored step, parameter hash, image shape and the device layout."""
     import jax  # pylint: disable=g-import-not-at-top
     res = self.config.image_res
+    guide = {} if self.guide is None else {sampling.GUIDE_RECORD_KEY: dict(self.guide)}
     return dict(self.settings, step=self.step, params_sha256=self.params_sha256,
                 image_shape=[res, res, self.num_channels], model=self.config.model.name,
                 jax_version=jax.__version__, devices=int(self.mesh.devices.size),
-                processes=int(jax.process_count()), chunk_size=self.chunk_size, **extra)
+                processes=int(jax.process_count()), chunk_size=self.chunk_size, **guide, **extra)
 
 
 def prepare(settings: dict, config, *, mesh=None, log=print) -> Generator:
@@ -275,13 +310,30 @@ def prepare(settings: dict, config, *, mesh=None, log=print) -> Generator:
   if settings.get('params_sha256') and settings['params_sha256'] != digest:
     raise ValueError(f'the parameters of step {restored.step} (sha256 {digest}) are not those recorded in the '
                      f'settings (sha256 {settings["params_sha256"]}): the samples would differ')
+  guide_params, guide, guide_config = None, None, None
+  if settings.get(sampling.GUIDE_RECORD_KEY):
+    recorded = sampling.GuideSettings(**settings[sampling.GUIDE_RECORD_KEY])
+    guide_config = restore.load_registered_config(recorded.workdir)
+    r_guide = restore.load(recorded.workdir, recorded.step, config=guide_config, sharding=rep)
+    restore.check_guide(config, guide_config, restored.num_channels, r_guide.num_channels,
+                        workdir=settings['workdir'], guide_workdir=recorded.workdir)
+    guide_digest = export_lib.params_sha256(r_guide.params)
+    if recorded.params_sha256 and recorded.params_sha256 != guide_digest:
+      raise ValueError(f'the guide\'s parameters ({recorded.workdir} step {r_guide.step}, sha256 {guide_digest}) '
+                       f'are not those recorded in the settings (sha256 {recorded.params_sha256}): the samples '
+                       'would differ')
+    guide_params = r_guide.params
+    guide = sampling.GuideSettings(recorded.workdir, r_guide.step, guide_digest).to_record()
   s_config = restore.override_sampler(config, **sampling.overrides_from_record(settings))
   chunk = round_up_batch(settings['batch_size'], int(mesh.devices.size))
   gen = Generator(settings=settings, config=config, params=restored.params, step=restored.step,
                   num_channels=restored.num_channels, params_sha256=digest, mesh=mesh, chunk_size=chunk,
-                  fn=make_generate_fn(s_config, restored.num_channels, mesh))
+                  fn=make_generate_fn(s_config, restored.num_channels, mesh, guide_config),
+                  guide_params=guide_params, guide=guide)
+  how = ('guidance' if guide is None else
+         f'autoguidance by {guide["workdir"]} step {guide["step"]}, w')
   log(f'sampling {settings["num_samples"]} images from {settings["workdir"]} step {restored.step} (seed '
-      f'{settings["seed"]}): {settings["sampler"]}, {settings["num_steps"]} steps, guidance '
+      f'{settings["seed"]}): {settings["sampler"]}, {settings["num_steps"]} steps, {how} '
       f'{settings["guidance"]} on {settings["guidance_interval"] or "all logSNRs"}, {gen.num_chunks} chunk(s) '
       f'of {chunk} over {mesh.devices.size} device(s), {jax.process_count()} process(es)')
   return gen

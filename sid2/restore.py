@@ -59,6 +59,14 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(json.load(f))
 
 
+def load_registered_config(workdir: str) -> ml_collections.ConfigDict:
+  """`load_config` with the config's plugins imported and its model checked to be registered."""
+  config = load_config(workdir)
+  plugins.load_plugins(config)
+  check_model_registered(config)
+  return config
+
+
 def checkpoint_steps(workdir: str) -> list:
   """The steps of the finished checkpoints in `<workdir>/checkpoints`, ascending."""
   directory = checkpoint_dir(workdir)
@@ -217,6 +225,13 @@ def _sampler_key(config, num_samples, num_channels):
   return json.dumps(keep, sort_keys=True, default=str), int(num_samples), int(num_channels)
 
 
+def _guide_key(guide_config) -> str:
+  """What of the guide's config its predictions depend on (the loop and schedule are the model's)."""
+  keep = {k: guide_config.get(k) for k in ('model', 'image_res', 'parametrization')}
+  return json.dumps({k: (v.to_dict() if hasattr(v, 'to_dict') else v) for k, v in keep.items()},
+                    sort_keys=True, default=str)
+
+
 @functools.lru_cache(maxsize=8)
 def _cached_sample_fn(key, num_samples, num_channels):
   from sid2 import trainer
@@ -231,6 +246,65 @@ def sample_fn(config, num_samples: int, num_channels: int):
   notebooks, chunks) compile once. Only the model, schedule, parametrisation and sampler fields matter.
   """
   return _cached_sample_fn(*_sampler_key(config, num_samples, num_channels))
+
+
+@functools.lru_cache(maxsize=8)
+def _cached_autoguided_sample_fn(key, num_samples, num_channels, guide_key):
+  from sid2 import trainer
+  config = ml_collections.ConfigDict(json.loads(key))
+  guide_config = ml_collections.ConfigDict(json.loads(guide_key))
+  return trainer.make_autoguided_sample_fn(trainer.build_model(config, num_channels),
+                                           trainer.build_model(guide_config, num_channels), config,
+                                           guide_config, num_samples, num_channels)
+
+
+def autoguided_sample_fn(config, guide_config, num_samples: int, num_channels: int):
+  """`trainer.make_autoguided_sample_fn` for these settings, cached like `sample_fn`:
+  `fn((params, guide_params), rng, labels, guidance, lo, hi)`. Check the pair with `check_guide` first."""
+  return _cached_autoguided_sample_fn(*_sampler_key(config, num_samples, num_channels), _guide_key(guide_config))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The guide of autoguidance must describe the same task as the model it guides.
+
+def _plain(value):
+  return value.to_dict() if hasattr(value, 'to_dict') else value
+
+
+def _config_channels(config) -> Optional[int]:
+  return config.get('num_channels', None) or KNOWN_CHANNELS.get(config.get('dataset', {}).get('name', None))
+
+
+def _frames(config) -> int:
+  return int(config.get('num_frames', 0) or config.model.get('num_frames', 0) or 0)
+
+
+def guide_mismatches(config, guide_config, num_channels=None, guide_num_channels=None) -> list:
+  """[(field, model's value, guide's value)] of the fields autoguidance needs equal: image shape (image_res,
+  channels, frames), logSNR schedule, parametrisation (eps / x / v output) and conditioning
+  (model.num_classes). Channels are compared when known for both (given, or from the configs)."""
+  channels = num_channels or _config_channels(config)
+  guide_channels = guide_num_channels or _config_channels(guide_config)
+  pairs = [('image_res', config.get('image_res', None), guide_config.get('image_res', None))]
+  if channels and guide_channels:
+    pairs.append(('num_channels', int(channels), int(guide_channels)))
+  pairs += [('num_frames', _frames(config), _frames(guide_config)),
+            ('schedule', _plain(config.get('schedule', None)), _plain(guide_config.get('schedule', None))),
+            ('parametrization', _plain(config.get('parametrization', None)),
+             _plain(guide_config.get('parametrization', None))),
+            ('model.num_classes', int(config.model.get('num_classes', 0) or 0),
+             int(guide_config.model.get('num_classes', 0) or 0))]
+  return [(name, a, b) for name, a, b in pairs if a != b]
+
+
+def check_guide(config, guide_config, num_channels=None, guide_num_channels=None, *, workdir='the model',
+                guide_workdir='the guide'):
+  """ValueError naming every field (with both values) on which the guide differs from the model."""
+  bad = guide_mismatches(config, guide_config, num_channels, guide_num_channels)
+  if bad:
+    diffs = '; '.join(f'{name}: model {a!r}, guide {b!r}' for name, a, b in bad)
+    raise ValueError(f'the guide ({guide_workdir}) does not fit the model ({workdir}): {diffs}. Autoguidance '
+                     'needs the same image shape, logSNR schedule, parametrization and conditioning')
 
 
 def default_labels(config, num_samples: int):

@@ -5,11 +5,17 @@ values, command-line flags and the keys under which output files record them (SP
   settings = settings.override(name='ddim', eta=None)        # None keeps the current value
   loop = samplers.sample_loop_fn(shape, schedule, **settings.loop_kwargs())
   w, lo, hi = settings.guidance_args()
+  guide = GuideSettings.from_raw(raw)                         # autoguidance: the "bad" model, or None
 
 Flags (`experiments.cli.define_sampler_flags`) and records (the `<out>.json` of `experiments.sample`, the
 `sampler.jaxexport.json` of an export) use the field names, except `name`, which is spelled `sampler` there
 (`RECORD_KEYS`). The allowed sampler names come from `sid2.samplers.SAMPLERS`, so a new sampler registered
 there is accepted here, in config validation and on every command line without further edits.
+
+The guide of autoguidance (`GuideSettings`: workdir, step, params sha256) lives here too, beside the sampler
+fields it modifies: its flags (`GUIDE_FLAGS`, `experiments.cli.define_guide_flags`) and its record (the
+`guide` key of `<out>.json`, of an evaluation's `sampling` and of `sampler.jaxexport.json`). It is not a
+config field: a training config never names a guide.
 """
 from __future__ import annotations
 
@@ -154,6 +160,73 @@ def record_keys(fields: Sequence[str]) -> tuple:
 def overrides_from_record(record: dict, fields: Sequence[str] = LOOP_FIELDS) -> dict:
   """{field: value} from a dict keyed by flag / record names (e.g. a flag dict or an `<out>.json`)."""
   return {f: record.get(RECORD_KEYS[f]) for f in fields}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The guiding ("bad") model of autoguidance (SiD2 B.5; Karras et al. 2024).
+
+GUIDE_RECORD_KEY = 'guide'  # the key of the guide in output records: {'workdir', 'step', 'params_sha256'}
+GUIDE_FLAGS = (  # (flag name, absl kind, help); the raw values of the commands under these names
+    ('guide_workdir', 'string', 'Autoguidance: the workdir of the guiding ("bad") model, e.g. this run (with '
+                                '--guide_step of an earlier checkpoint) or a run of a smaller config. With it, '
+                                '--guidance w (required) and --guidance_interval give x = x_good + w (x_good - '
+                                'x_bad), both models conditioned on the same labels; no CFG is applied.'),
+    ('guide_step', 'integer', 'Checkpoint step of the guide (default: its latest readable one).'),
+)
+GUIDE_FLAG_NAMES = tuple(name for name, _, _ in GUIDE_FLAGS)
+
+
+@dataclasses.dataclass(frozen=True)
+class GuideSettings:
+  """The guide of autoguidance: a workdir, its checkpoint step (None = the latest readable one) and, once
+  restored (or read from a record), the sha256 of its EMA parameters (`sid2.export.params_sha256`).
+
+  The guide replaces the unconditional branch of classifier-free guidance: with a guide the sampler computes
+  x = x_good + w (x_good - x_bad) on the guidance interval, where x_bad is the guide's prediction at the same
+  z_t, logSNR and labels (w and the interval are the SamplerSettings' `guidance` / `guidance_interval`).
+  """
+  workdir: str
+  step: Optional[int] = None
+  params_sha256: Optional[str] = None
+
+  def __post_init__(self):
+    if not isinstance(self.workdir, str) or not self.workdir:
+      raise ValueError(f'guide_workdir must be a non-empty path; got {self.workdir!r}')
+    s = self.step
+    if s is not None and (isinstance(s, bool) or not isinstance(s, numbers.Integral) or s < 0):
+      raise ValueError(f'guide_step must be a non-negative integer (or unset: the latest); got {s!r}')
+    h = self.params_sha256
+    if h is not None and not (isinstance(h, str) and len(h) == 64 and all(c in '0123456789abcdef' for c in h)):
+      raise ValueError(f'guide params_sha256 must be 64 lowercase hex digits; got {h!r}')
+
+  @classmethod
+  def from_raw(cls, raw: dict) -> Optional['GuideSettings']:
+    """The guide of a command's raw values: the flags `guide_workdir` / `guide_step`, or the `guide` record of
+    a settings file ({'workdir', 'step', 'params_sha256'}). None without a guide; ValueError for a step
+    without a workdir, both forms at once or unknown record keys."""
+    flag_workdir, flag_step = (raw.get(n) for n in GUIDE_FLAG_NAMES)
+    record = raw.get(GUIDE_RECORD_KEY)
+    if record is not None:
+      if flag_workdir is not None or flag_step is not None:
+        raise ValueError('give the guide either as guide_workdir / guide_step or as a guide record, not both')
+      if not isinstance(record, dict):
+        raise ValueError(f'guide must be a dict with workdir, step, params_sha256; got {record!r}')
+      unknown = sorted(set(record) - set(GUIDE_KEYS))
+      if unknown:
+        raise ValueError(f'unknown guide field(s) {unknown}; allowed: {", ".join(GUIDE_KEYS)}')
+      return cls(**record)
+    if flag_workdir is None:
+      if flag_step is not None:
+        raise ValueError('guide_step needs guide_workdir (for an earlier checkpoint of this run give the '
+                         'same workdir as guide_workdir)')
+      return None
+    return cls(workdir=flag_workdir, step=flag_step)
+
+  def to_record(self) -> dict:
+    return dataclasses.asdict(self)
+
+
+GUIDE_KEYS = tuple(f.name for f in dataclasses.fields(GuideSettings))
 
 
 def parse_interval(text) -> Optional[tuple]:

@@ -160,6 +160,34 @@ def make_sample_fn(model, config, num_samples, num_channels, embedding_labels=Fa
   return jax.jit(sample)
 
 
+def make_autoguided_sample_fn(model, guide_model, config, guide_config, num_samples, num_channels):
+  """A jitted `sample((params, guide_params), rng, labels, guidance, lo, hi) -> images` with autoguidance
+  (SPEC §7; SiD2 B.5): x = x_good + w (x_good - x_bad) inside (lo, hi), x_good elsewhere.
+
+  The sampler loop, schedule and example shape are `config`'s (the guide must agree on them:
+  `restore.check_guide`); x_bad is `guide_model` with `guide_params`, in `guide_config`'s parametrisation,
+  evaluated at the same z_t, logSNR and labels (None for unconditional models) as x_good. There is no
+  classifier-free guidance here: both predictions are conditional. A guide equal to the model gives the
+  unguided samples for any w (x_good - x_bad = 0).
+  """
+  settings = sampling.SamplerSettings.from_config(config.sampler)
+  schedule = schedules.get_schedule(config.schedule, image_res=config.image_res)
+  loop = samplers.sample_loop_fn((num_samples,) + example_shape(model, config, num_channels), schedule,
+                                 **settings.loop_kwargs())
+  x_good = make_x_pred(model, config.parametrization)
+  x_bad = make_x_pred(guide_model, guide_config.parametrization)
+  conditional = bool(config.model.get('num_classes', 0))
+
+  def sample(params_pair, rng, labels, guidance, lo, hi):
+    params, guide_params = params_pair
+    cond = labels if conditional else None
+    fn = guidance_lib.autoguided_x_pred_fn(lambda z, logsnr: x_good(params, z, logsnr, cond),
+                                           lambda z, logsnr: x_bad(guide_params, z, logsnr, cond),
+                                           guidance, (lo, hi))
+    return loop(fn, rng)
+  return jax.jit(sample)
+
+
 def guidance_args(config):
   """(w, lo, hi) float32 of the config's guidance (SPEC §7); see `sampling.SamplerSettings.guidance_args`."""
   return sampling.SamplerSettings.from_config(config.sampler).guidance_args()

@@ -116,8 +116,11 @@ class Context:
                 feature_sha256=r['feature_sha256'], preprocess=r['preprocess'],
                 feature_net_verified=r['format'] in ('sid2', 'streamed'))
 
-  def settings(self, step) -> dict:
-    raw = dict(self.raw, step=step, out=os.path.join(os.path.abspath(self.raw['workdir']), 'eval', 'samples.npz'))
+  def settings(self, step, **overrides) -> dict:
+    """Resolved sampling settings of `step`; `overrides` replace raw values (e.g. seed, guidance, guide_step
+    for `experiments.autoguide_table`, which scores several settings against one reference)."""
+    raw = dict(self.raw, **overrides)
+    raw.update(step=step, out=os.path.join(os.path.abspath(raw['workdir']), 'eval', 'samples.npz'))
     raw.setdefault('labels', None)
     raw.setdefault('class_label', None)
     return generation.resolve_settings(raw, self.config)
@@ -133,11 +136,12 @@ def cache_key(settings: dict, ctx: Context) -> str:
 
 
 def score(ctx: Context, step: Optional[int] = None, *, save_samples: bool = False, save_pngs: bool = False,
-          write: bool = True) -> dict:
-  """Samples one checkpoint, streams its features and returns (and writes) the result dict."""
+          write: bool = True, overrides: Optional[dict] = None) -> dict:
+  """Samples one checkpoint, streams its features and returns (and writes) the result dict. overrides:
+  raw sampling values replacing the context's (`Context.settings`)."""
   import jax  # pylint: disable=g-import-not-at-top
   log = ctx.log
-  settings = ctx.settings(step)  # sampling settings validated before any compute
+  settings = ctx.settings(step, **(overrides or {}))  # sampling settings validated before any compute
   ref = ctx.reference(settings['batch_size'])
   t0 = time.time()
   gen = generation.prepare(settings, ctx.config, mesh=ctx.mesh, log=log)
@@ -229,7 +233,8 @@ def evaluate_all_steps(raw: dict, **kwargs) -> dict:
   first = cache[cache_key(ctx.settings(steps[0]), ctx)]
   summary = dict(workdir=workdir, features=ctx.net.name, feature_net=first['feature_net'], ref=first['ref'],
                  num_samples=first['num_samples'], seed=first['seed'],
-                 sampling={k: first['sampling'].get(k) for k in sampling.FLAG_NAMES},
+                 sampling={k: first['sampling'].get(k)
+                           for k in sampling.FLAG_NAMES + (sampling.GUIDE_RECORD_KEY,)},
                  rows=rows)
   with open(os.path.join(eval_dir, 'fd_over_training.json'), 'w') as f:
     json.dump(summary, f, indent=2)
@@ -250,7 +255,7 @@ def plot_over_training(summary: dict, path: str) -> None:
   s = summary['sampling']
   ax.set(xlabel='training step', ylabel=f"FD ({summary['features']}, N = {summary['num_samples']})",
          yscale='log', title=f"{os.path.basename(summary['workdir'])}: {s['sampler']} {s['num_steps']} steps, "
-                             f"guidance {s['guidance']}")
+                             f"{'autoguidance' if s.get('guide') else 'guidance'} {s['guidance']}")
   ax.grid(alpha=0.3)
   fig.tight_layout()
   fig.savefig(path, dpi=110)
