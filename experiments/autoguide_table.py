@@ -5,7 +5,7 @@
       [--features fmnist | --features inception --inception_weights ...] [--sampler ddpm --num_steps 128]
       [--cfg_guidance 1.0 --cfg_interval=-3,5] [--autoguide_interval none] [--out table.json]
 
-Rows (each scored at every seed; the table shows mean ± std over the seeds, std with ddof = 1):
+Rows (each scored at every seed; the table shows mean ± std over the seeds, `sid2.study.aggregate`):
   none          guidance w = 0
   cfg           classifier-free guidance w = --cfg_guidance on all logSNRs    (class-conditional models only)
   cfg_interval  the same on --cfg_interval                                     (class-conditional models only)
@@ -32,11 +32,11 @@ import os
 from typing import Optional
 
 from absl import flags
-import numpy as np
 
 from experiments import cli
 from sid2 import restore
 from sid2 import sampling
+from sid2 import study
 from sid2.eval import evaluation
 from sid2.eval import feature_nets
 
@@ -58,7 +58,8 @@ def define_flags(fv: flags.FlagValues):
   cli.define_sampler_flags(fv, sampling.LOOP_FIELDS)  # --sampler, --num_steps, --clip_x, --logvar_type, --eta
   flags.DEFINE_float('cfg_guidance', 1.0, 'Classifier-free guidance w of the cfg rows.', **d)
   flags.DEFINE_string('cfg_interval', '-3,5', "logSNR interval 'lo,hi' of the cfg_interval row.", **d)
-  flags.DEFINE_string('autoguide_interval', 'none', "logSNR interval of the autoguidance rows ('none': all).", **d)
+  flags.DEFINE_string('autoguide_interval', 'none', "logSNR interval of the autoguidance rows ('none': all).",
+                      **d)
   flags.DEFINE_string('features', 'fmnist', f'Feature net: one of {feature_nets.NAMES}.', **d)
   flags.DEFINE_string('fmnist_weights', None, 'Fashion-MNIST feature-net safetensors (default: shipped).', **d)
   flags.DEFINE_string('inception_weights', None, 'Inception-v3 FID weight file, for --features inception.', **d)
@@ -116,11 +117,11 @@ def markdown(table: dict) -> str:
   g = table['guide']
   lines = [f"FD ({table['features']}, N = {table['num_samples']}) of {table['workdir']} step {table['step']}, "
            f"seeds {table['seeds']}; autoguidance by {g['workdir']} step {g['step']}",
-           '', '| guidance | w | interval | FD (mean ± std) | per seed |', '|---|---|---|---|---|']
+           '', '| guidance | w | interval | FD (mean ± std over seeds) | per seed |', '|---|---|---|---|---|']
   for r in table['rows']:
-    per_seed = ', '.join(f'{v:.3f}' for v in r['fd'])
-    lines.append(f"| {r['method']} | {r['w']:g} | {_interval_text(r['interval'])} | "
-                 f"{r['fd_mean']:.3f} ± {r['fd_std']:.3f} | {per_seed} |")
+    per_seed = ', '.join(f'{v:.3f}' for v in r['fd']['values'])
+    lines.append(f"| {r['method']} | {r['w']:g} | {_interval_text(r['interval'])} | {study.fmt(r['fd'], 3)} | "
+                 f"{per_seed} |")
   return '\n'.join(lines) + '\n'
 
 
@@ -198,9 +199,7 @@ def run(fv, log=print) -> dict:
           _write_json(out, table)  # after every score: an interrupted table resumes here
       fds.append(float(results[key]['fd']))
     table['rows'].append(dict(id=row_id, method=method, w=w, interval=list(interval) if interval else None,
-                              seeds=seeds, fd=fds, fd_mean=float(np.mean(fds)),
-                              fd_std=float(np.std(fds, ddof=1)) if len(fds) > 1 else 0.0,
-                              keys=[keys[(row_id, s)] for s in seeds]))
+                              seeds=seeds, fd=study.aggregate(fds), keys=[keys[(row_id, s)] for s in seeds]))
   text = markdown(table)
   table['markdown'] = text
   if main_process:

@@ -7,9 +7,9 @@
 
 Samples come from the EMA parameters of the latest (or --step) checkpoint, drawn by `sid2.generation`
 exactly as `experiments.sample` draws them (sample i from the key fold_in(PRNGKey(seed), i), round-robin
-class labels for conditional models; autoguided by --guide_workdir as there), in chunks of --batch_size sharded over all devices. Each chunk is
-quantized to 8-bit pixels, passed through the feature net and folded into float64 running statistics
-(`sid2.eval.streaming`): memory does not grow with --num_samples. FD uses all N samples; precision/recall
+class labels for conditional models; autoguided by --guide_workdir as there), in chunks of --batch_size
+sharded over all devices. Each chunk is quantized to 8-bit pixels, passed through the feature net and folded
+into float64 running statistics (`sid2.eval.streaming`): memory does not grow with --num_samples. FD uses all N samples; precision/recall
 (k = 3) use the features of the first --pr_cap samples and reference images (a capped subset).
 
 Features (--features): 'fmnist', the shipped Fashion-MNIST classifier (32x32x1 runs only), or 'inception',
@@ -28,7 +28,9 @@ feature-net sha256, timing, peak RSS) and TensorBoard scalars eval/fd, eval/prec
 
 --all_steps scores every checkpoint step in `<workdir>/checkpoints` (rolling and permanent snapshots), each
 once: results are cached in `<workdir>/eval/fd_over_training.cache.json` by step and settings, and FD over
-training is written to `<workdir>/eval/fd_over_training.{json,png}` (SiD2 Figures 13-14).
+training is written to `<workdir>/eval/fd_over_training.{json,png}` (SiD2 Figures 13-14). With a guide, give
+--guide_step: the cache keys the guide by workdir and step, so an unset step (its latest checkpoint when scored)
+of a guide run that is still training would reuse scores made with an older guide.
 FD values are comparable only for the same feature net (sha256), reference and N; FD is biased upwards at
 small N.
 """

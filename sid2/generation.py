@@ -11,6 +11,11 @@ Devices: the chunk of `batch_size` samples (rounded up to a multiple of the glob
 jitted call whose sample axis is sharded (`NamedSharding` over a 1-D mesh 'data' of all devices, parameters
 replicated). On several processes every host runs the same loop; the global index array is split by the
 sharding, so each host computes and receives only the samples of its own devices (`local_rows`).
+
+Autoguidance (SiD2 B.5): settings with a `guide` ({workdir, step, params_sha256}; `sampling.GuideSettings`)
+sample with `trainer.make_autoguided_sample_fn`, whose parameters are the pair (model, guide), both
+replicated. `resolve_settings` checks the guide's config against the model's (`restore.check_guide`), and
+`prepare` checks the restored channel counts and the recorded guide sha256 before anything is sampled.
 """
 from __future__ import annotations
 
@@ -206,8 +211,10 @@ def make_generate_fn(config, num_channels: int, mesh, guide_config=None):
   """`_generate_fn` cached by the sampling-relevant config fields and the mesh (one compilation per setting,
   also across the checkpoints of `evaluate --all_steps`). With `guide_config` the sampler is autoguided and
   its `params` argument is the pair (params, guide params)."""
-  key = restore._sampler_key(config, 1, num_channels)  # pylint: disable=protected-access
-  guide_key = None if guide_config is None else restore._guide_key(guide_config)  # pylint: disable=protected-access
+  # pylint: disable=protected-access
+  key = restore._sampler_key(config, 1, num_channels)
+  guide_key = None if guide_config is None else restore._guide_key(guide_config)
+  # pylint: enable=protected-access
   return _generate_fn(key, mesh, guide_key)
 
 

@@ -84,7 +84,8 @@ def test_guide_equal_to_the_model_gives_the_unguided_samples(run):
     assert rec['guide'] == dict(workdir=os.path.abspath(run.workdir), step=2, params_sha256=rec0['params_sha256'])
     assert rec['guidance'] == w
   # Another checkpoint as the guide at the same w does change the samples (the equality is not vacuous).
-  other, _ = _sample(run, 'other_guided', '--guide_workdir', run.workdir, '--guide_step', '1', '--guidance', '2.0')
+  other, _ = _sample(run, 'other_guided', '--guide_workdir', run.workdir, '--guide_step', '1',
+                     '--guidance', '2.0')
   assert np.abs(other - unguided).max() > 1e-3
 
 
@@ -206,7 +207,8 @@ def test_settings_round_trip_and_a_changed_guide_is_refused(run, monkeypatch):
   out = str(run.root / 'guided.npz')
   images, _, record = sample_cli.main(
       ['sample', '--workdir', run.workdir, '--num_samples', '5', '--batch_size', '4', '--num_steps', STEPS,
-       '--guide_workdir', run.small, '--guidance', '1.5', '--guidance_interval=-3,5', '--seed', '4', '--out', out])
+       '--guide_workdir', run.small, '--guidance', '1.5', '--guidance_interval=-3,5', '--seed', '4',
+       '--out', out])
   logged = json.load(open(out + '.json'))
   assert logged == record
   assert logged['guide'] == dict(workdir=os.path.abspath(run.small), step=1, params_sha256=_sha(run.small, 1))
@@ -312,13 +314,15 @@ def test_autoguide_table_smoke_and_resume(run, monkeypatch, capsys):
           '--out', out]
   scored = []
   real_score = evaluation.score
-  monkeypatch.setattr(evaluation, 'score', lambda *a, **k: scored.append(k.get('overrides')) or real_score(*a, **k))
+  monkeypatch.setattr(evaluation, 'score',
+                      lambda *a, **k: scored.append(k.get('overrides')) or real_score(*a, **k))
   table = autoguide_table.main(argv)
   assert [r['id'] for r in table['rows']] == ['none', 'cfg', 'cfg_interval', 'autoguidance_0.5', 'autoguidance_1']
   assert len(scored) == 10 and table['step'] == 2 and table['guide']['step'] == 1
   for r in table['rows']:
-    assert len(r['fd']) == 2 and all(np.isfinite(r['fd'])) and min(r['fd']) > 0
-    assert r['fd_mean'] == pytest.approx(np.mean(r['fd'])) and r['fd_std'] == pytest.approx(np.std(r['fd'], ddof=1))
+    fds = r['fd']['values']
+    assert r['fd']['n'] == 2 and all(np.isfinite(fds)) and min(fds) > 0 and fds[0] != fds[1]
+    assert r['fd']['mean'] == pytest.approx(np.mean(fds)) and r['fd']['std'] == pytest.approx(np.std(fds, ddof=1))
   rows = {r['id']: r for r in table['rows']}
   assert rows['cfg_interval']['interval'] == [-3.0, 5.0] and rows['cfg']['interval'] is None
   stored = json.load(open(out))
@@ -331,7 +335,7 @@ def test_autoguide_table_smoke_and_resume(run, monkeypatch, capsys):
                                     num_steps=2, clip_x=None, logvar_type=None, eta=None, guidance=0.0,
                                     guidance_interval='none', seed=0), ref=ref, compute_pr=False,
                                log=lambda s: None)
-  assert rows['none']['fd'][0] == pytest.approx(same['fd'], rel=1e-6)
+  assert rows['none']['fd']['values'][0] == pytest.approx(same['fd'], rel=1e-6)
   # Rerun: everything stored; a new strength scores only its own seeds.
   scored.clear()  # (experiments.evaluate's call above was one)
   again = autoguide_table.main(argv)
