@@ -128,6 +128,45 @@ def test_smaller_guide_is_outside_the_interval_only_where_asked(run):
   assert np.abs(constant - unguided).max() > 1e-4
 
 
+class _AffineModel:
+  """A stand-in network in x-parametrisation: x_hat = a z + b[label] (b[0] without labels)."""
+
+  def apply(self, variables, z, logsnr, labels, train=False):
+    del logsnr, train
+    p = variables['params']
+    shift = p['b'][0] if labels is None else p['b'][labels].reshape((-1,) + (1,) * (z.ndim - 1))
+    return p['a'] * z + shift
+
+
+def test_trainer_autoguided_sampler_closed_form_with_the_same_labels():
+  """One step, no clipping: the sample is (1 + w) x_good(z_T) - w x_bad(z_T), the bad model given the same
+  labels (a label-dependent shift per model makes a wrong or missing conditioning visible)."""
+  config = tiny_config(parametrization='x', **{'sampler.num_steps': 1, 'sampler.clip_x': 'none'})
+  model, n, labels = _AffineModel(), 3, jnp.asarray([2, 0, 7], jnp.int32)
+  fn = trainer.make_autoguided_sample_fn(model, model, config, config, n, 1)
+  good = dict(a=jnp.float32(0.5), b=jnp.arange(10, dtype=jnp.float32) / 10)
+  bad = dict(a=jnp.float32(-0.25), b=jnp.arange(10, dtype=jnp.float32) ** 2 / 50)
+  identity = dict(a=jnp.float32(1.0), b=jnp.zeros(10, jnp.float32))
+  key = jax.random.PRNGKey(3)
+  args = lambda w, lo=-jnp.inf, hi=jnp.inf: (key, labels, jnp.float32(w), jnp.float32(lo), jnp.float32(hi))
+  z = np.asarray(fn((identity, identity), *args(0.0)))  # x_hat = z: the initial noise itself
+  assert z.shape == (n, 32, 32, 1) and 0.5 < z.std() < 2
+  shift = lambda p: np.asarray(p['b'])[np.asarray(labels)][:, None, None, None]
+  x_good = 0.5 * z + shift(good)
+  x_bad = -0.25 * z + shift(bad)
+  for w in (0.0, 0.5, 2.0):
+    np.testing.assert_allclose(fn((good, bad), *args(w)), x_good + w * (x_good - x_bad), rtol=0, atol=1e-5)
+  # The first (and only) logSNR is about -10 at t = 1: outside (-3, 5), so no guidance there.
+  np.testing.assert_allclose(fn((good, bad), *args(2.0, -3.0, 5.0)), x_good, rtol=0, atol=1e-6)
+  # Unconditional: both models without labels.
+  uncond = tiny_config(parametrization='x', **{'sampler.num_steps': 1, 'sampler.clip_x': 'none',
+                                               'model.num_classes': 0})
+  fn_u = trainer.make_autoguided_sample_fn(model, model, uncond, uncond, n, 1)
+  x_good_u, x_bad_u = 0.5 * z + 0.0, -0.25 * z + 0.0  # b[0] = 0 for both
+  np.testing.assert_allclose(fn_u((good, bad), *args(1.5)), x_good_u + 1.5 * (x_good_u - x_bad_u), rtol=0,
+                             atol=1e-5)
+
+
 # ---------------------------------------------------------------------------------------------------------
 # (c) a guide of another task fails before anything is restored or sampled, naming each field.
 
