@@ -49,3 +49,14 @@ def test_smoke_study_end_to_end_and_reuse(tmp_path):
       sample_steps=2, batch_size=8, smoke=True, log=logs.append)
   assert sum('reusing' in line for line in logs) == 4
   assert again['table']['sid2_default']['budget_fd'] == table['sid2_default']['budget_fd']
+
+
+def test_default_config_is_sid2_recipe_in_the_winning_shape():
+  """configs/fashion_mnist.py = configs/fashion_mnist_sid2.py with the uvit_small shape, nothing else."""
+  from configs import fashion_mnist, fashion_mnist_sid2
+  default, sid2 = fashion_mnist.get_config().to_dict(), fashion_mnist_sid2.get_config().to_dict()
+  changed = {f'model.{k}' for k in default['model'] if default['model'][k] != sid2['model'][k]}
+  changed |= {k for k in default if k not in ('model', 'description') and default[k] != sid2[k]}
+  assert changed == {k for k, v in rs.UVIT_SMALL.items() if sid2['model'][k.split('.')[1]] != v}
+  for k, v in rs.UVIT_SMALL.items():
+    assert tuple(default['model'][k.split('.')[1]]) == v if isinstance(v, tuple) else default['model'][k.split('.')[1]] == v
