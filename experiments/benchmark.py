@@ -38,13 +38,13 @@ runtime.configure(__name__)  # (only when run as a program)
 import importlib
 import json
 import os
-import platform
 import resource
 import time
 
 from absl import flags
 
 from experiments import cli
+from sid2 import bench
 
 
 def define_flags(fv: flags.FlagValues):
@@ -75,37 +75,6 @@ ACCELERATOR_CONFIGS = ('imagenet128_small', 'imagenet256_small', 'imagenet512_sm
 PEAK_TFLOPS = (('h200', 989.0), ('h100 pcie', 756.0), ('h100', 989.0), ('a100', 312.0),
                ('tpu v5 lite', 197.0), ('tpu v5e', 197.0), ('tpu v5p', 459.0), ('tpu v5', 459.0),
                ('tpu v6 lite', 918.0), ('tpu v6e', 918.0), ('tpu v4', 275.0))
-
-
-def peak_rss_mb():
-  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-
-
-def machine_info():
-  """Host and accelerator description for the JSON."""
-  import jax
-  dev = jax.devices()[0]
-  return dict(hostname=platform.node(), platform=platform.platform(), python=platform.python_version(),
-              cpu_count=os.cpu_count(), load_average=list(os.getloadavg()), jax_version=jax.__version__,
-              backend=jax.default_backend(), device=str(dev), device_kind=dev.device_kind,
-              device_count=jax.device_count(), process_count=jax.process_count(),
-              xla_flags=os.environ.get('XLA_FLAGS', ''))
-
-
-def matmul_peak(sizes=(1024, 2048, 3072), repeats=5):
-  """Best float32 matmul rate in multiply-adds/s over a few sizes (the machine's practical peak)."""
-  import jax
-  import jax.numpy as jnp
-  best = 0.0
-  for n in sizes:
-    a = jax.random.normal(jax.random.PRNGKey(0), (n, n), jnp.float32)
-    f = jax.jit(lambda x: x @ x)
-    f(a).block_until_ready()
-    for _ in range(repeats):
-      t = time.perf_counter()
-      f(a).block_until_ready()
-      best = max(best, n ** 3 / (time.perf_counter() - t))
-  return best
 
 
 def model_configs():
@@ -177,10 +146,9 @@ def bench_model(name, config, num_channels, steps, batch_size=0):
 
 
 def bench_sampler(name, num_samples, num_steps, repeats):
-  """`experiments.benchmark_sampler.benchmark` on a --models entry's config (random parameters)."""
-  from experiments import benchmark_sampler
+  """`sid2.bench.benchmark_sampler` on a --models entry's config (random parameters)."""
   config, num_channels = get_model_config(name)
-  result = benchmark_sampler.benchmark(config, num_samples, num_steps, num_channels, repeats)
+  result = bench.benchmark_sampler(config, num_samples, num_steps, num_channels, repeats)
   result.pop('runs', None)  # Per-round times; the medians and fractions stay.
   return dict(result, model_name=name)
 
@@ -188,12 +156,12 @@ def bench_sampler(name, num_samples, num_steps, repeats):
 def run(models, steps, sampler_model, sampler_samples, sampler_steps, sampler_repeats, batch_size=0,
         log=print):
   """All measurements of the module docstring; returns the JSON-able dict."""
-  results = dict(machine=machine_info(), flop_convention=FLOP_CONVENTION,
+  results = dict(machine=bench.machine_info(), flop_convention=FLOP_CONVENTION,
                  time=time.strftime('%Y-%m-%dT%H:%M:%S'))
   configs = [(name,) + get_model_config(name) for name in models]  # Fail on a bad name before any timing.
   if sampler_model:
     get_model_config(sampler_model)
-  peak = matmul_peak()
+  peak = bench.matmul_peak()
   results['matmul_peak_gflops_per_s'] = peak / 1e9
   m = results['machine']
   log(f'f32 matmul peak: {peak / 1e9:.1f} G multiply-adds/s on {m["device"]} x{m["device_count"]} '
@@ -202,7 +170,7 @@ def run(models, steps, sampler_model, sampler_samples, sampler_steps, sampler_re
   for name, cfg, ch in configs:
     r = bench_model(name, cfg, ch, steps, batch_size)
     r['fraction_of_matmul_peak'] = r['achieved_gflops_per_s'] * 1e9 / peak
-    r['peak_rss_mb'] = peak_rss_mb()
+    r['peak_rss_mb'] = bench.peak_rss_mb()
     results['models'].append(r)
     log(f"{name:8s} params {r['params_m']:.2f}M  batch {r['batch_size']}  {r['images_per_s']:.1f} img/s  "
         f"{r['step_s'] * 1e3:.0f} ms/step  {r['achieved_gflops_per_s']:.1f} GFLOP/s "
@@ -210,7 +178,7 @@ def run(models, steps, sampler_model, sampler_samples, sampler_steps, sampler_re
         f"peak RSS {r['peak_rss_mb']:.0f} MB")
   if sampler_model:
     s = bench_sampler(sampler_model, sampler_samples, sampler_steps, sampler_repeats)
-    s['peak_rss_mb'] = peak_rss_mb()
+    s['peak_rss_mb'] = bench.peak_rss_mb()
     results['sampler'] = s
   return results
 
@@ -320,8 +288,8 @@ def run_cpu_suite(model, steps, log=print):
   import tempfile
   from sid2 import runtime
   cores = runtime.core_count()
-  peak = matmul_peak()
-  out = dict(machine=machine_info(), cores=cores, matmul_peak_gflops_per_s=peak / 1e9,
+  peak = bench.matmul_peak()
+  out = dict(machine=bench.machine_info(), cores=cores, matmul_peak_gflops_per_s=peak / 1e9,
              flop_convention=FLOP_CONVENTION, model=model, runs=[])
   log(f'f32 matmul peak {peak / 1e9:.1f} G multiply-adds/s; {cores} cores; load average '
       f'{os.getloadavg()[0]:.1f} (time this on a quiet machine)')
@@ -397,7 +365,7 @@ def run_accelerator_suite(names, per_chip_batch, steps, smoke=False, log=print):
   dev = jax.devices()[0]
   peak, key = peak_tflops(dev.device_kind)
   n_dev = jax.device_count()
-  out = dict(machine=machine_info(), device_kind=dev.device_kind, chips=n_dev, peak_bf16_tflops=peak,
+  out = dict(machine=bench.machine_info(), device_kind=dev.device_kind, chips=n_dev, peak_bf16_tflops=peak,
              peak_source=key or f'unknown chip {dev.device_kind!r}: no published peak in PEAK_TFLOPS',
              smoke=smoke, flop_convention='2 flops per multiply-add (vendor peaks); sid2.flops x 2',
              configs=[])

@@ -11,7 +11,7 @@ ImageNet's typical sizes (375-500 px sides, smooth content, ~100 kB; ImageNet's 
 
 Against it: the config's training demand in images/s, train step = 3 x forward (SPEC §8, SiD2 B.3, a
 multiply-add = 1 flop) from `sid2.flops.uvit_gflops`, at a stated accelerator rate:
-  * this machine: the float32 matmul peak measured here (`experiments.benchmark.matmul_peak`),
+  * this machine: the float32 matmul peak measured here (`sid2.bench.matmul_peak`),
   * a reference accelerator, by default a TPU v5e chip: 197 TFLOP/s bf16 (vendor flops, 2 per multiply-add,
     so 98.5 T multiply-adds/s), times --chips_per_host, times --utilization (1.0: peak, the most demanding).
 ratio = pipeline images/s / training images/s; >= 1 means the pipeline keeps up. The pipeline number is
@@ -180,7 +180,7 @@ def pipeline_images_per_s(config, *, per_host_batch: int, num_hosts: int, batche
 def benchmark(config, *, num_hosts: int, chips_per_host: int, chip_tflops: float, utilization: float,
               batches: int, num_records: int, num_distinct: int, shuffle_buffer: int = 0, log=print) -> dict:
   """The measurement of the module docstring; returns a JSON-able dict."""
-  from experiments import benchmark as train_bench  # pylint: disable=g-import-not-at-top
+  from sid2 import bench  # pylint: disable=g-import-not-at-top
   from sid2 import flops  # pylint: disable=g-import-not-at-top
   if config.batch_size % num_hosts:
     raise ValueError(f'num_hosts={num_hosts} must divide config.batch_size={config.batch_size}')
@@ -202,7 +202,7 @@ def benchmark(config, *, num_hosts: int, chips_per_host: int, chip_tflops: float
   with mock_imagenet(jpegs, num_records):
     pipe = pipeline_images_per_s(config, per_host_batch=per_host_batch, num_hosts=num_hosts, batches=batches,
                                  shuffle_buffer=shuffle_buffer, log=log)
-  peak = train_bench.matmul_peak()
+  peak = bench.matmul_peak()
   here = training_images_per_s(fwd, peak)
   chip_macs = chip_tflops * 1e12 / 2 * utilization
   per_chip = training_images_per_s(fwd, chip_macs)
