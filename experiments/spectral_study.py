@@ -30,14 +30,17 @@ made by another autoencoder) fail before any training, naming what differs.
 """
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import os
 import sys
 import time
+from typing import Optional
 
+from absl import flags
 import numpy as np
+
+from experiments import cli
 
 SPACES = ('pixel', 'latent')
 MAIN_ARMS = ('teacher', 'lite', 'wg', 'wg_distill', 'positive', 'wg_iso')
@@ -199,14 +202,14 @@ def fingerprint(config):
 def ensure_autoencoder(out, size, ae_dir, log):
   """(folder, sha256, codec) of the study's autoencoder: trained into <out>/autoencoder unless present."""
   from spectral import autoencoder as ae
-  from experiments import train_autoencoder
+  from spectral import autoencoder_train
   folder = ae_dir or os.path.join(out, 'autoencoder')
   path = os.path.join(folder, 'autoencoder.safetensors')
   if not os.path.isfile(path):
     if ae_dir:
       raise FileNotFoundError(f'--autoencoder {ae_dir}: no autoencoder.safetensors there')
     fields = dict(channels=size['ae_channels']) if 'ae_channels' in size else None
-    train_autoencoder.run(folder, steps=size['ae_steps'], num_train=size['ae_train'], fields=fields,
+    autoencoder_train.run(folder, steps=size['ae_steps'], num_train=size['ae_train'], fields=fields,
                           num_test=max(size['fd_n'], size['hf_n'], 2000 if size['ae_train'] > 2000 else 64),
                           log=log)
   fields, params, meta = ae.load(path)
@@ -272,11 +275,11 @@ def score_run(config, workdir, size, reals, real_features, feature_fn, codec, he
 
 
 def arm_cost(config, num_channels):
-  """(parameters, MACs of one denoising step) from XLA's cost analysis (experiments.spectral_cost)."""
-  from experiments import spectral_cost
+  """(parameters, MACs of one denoising step) from XLA's cost analysis (spectral.cost)."""
   from sid2 import trainer
+  from spectral import cost
   model = trainer.build_model(config, num_channels)
-  return spectral_cost.macs_per_step(model, config.image_res, num_channels)
+  return cost.macs_per_step(model, config.image_res, num_channels)
 
 
 def summarise(results):
@@ -345,7 +348,8 @@ def run(out, *, size_name='default', spaces=SPACES, arms=None, seeds=None, steps
       ae_sha = json.load(f)['sha256']
   check_plan(spaces, arms, size, teacher_override=teacher_workdir, ae_dir=ae_dir, ae_sha256=ae_sha)
 
-  import spectral  # noqa: F401  (registers the models and the distillation)
+  from sid2 import plugins
+  plugins.load_plugins(arm_config(spaces[0], arms[0], 0, size))  # config.plugins: models, distillation
   from sid2 import data
   from sid2.eval import features as features_lib
   os.makedirs(out, exist_ok=True)
@@ -429,19 +433,24 @@ def run(out, *, size_name='default', spaces=SPACES, arms=None, seeds=None, steps
   return summary
 
 
-def main(argv=None):
-  p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-  p.add_argument('--out', required=True)
-  p.add_argument('--size', default='default', help=f'one of {sorted(SIZES)}')
-  p.add_argument('--smoke', action='store_true', help='= --size smoke (CI, < 3 minutes)')
-  p.add_argument('--spaces', default=','.join(SPACES))
-  p.add_argument('--arms', default='', help=f'comma-separated subset of {ARMS} (default: the size\'s arms)')
-  p.add_argument('--seeds', default='', help='comma-separated seeds (default: the size\'s seeds)')
-  p.add_argument('--steps', type=int, default=0, help='training steps per run (default: the size\'s)')
-  p.add_argument('--fd_n', type=int, default=0, help='samples for FD / P-R (default: the size\'s)')
-  p.add_argument('--autoencoder', default='', help='folder written by experiments.train_autoencoder')
-  p.add_argument('--teacher_workdir', default='', help='an existing teacher run for every distilled arm')
-  a = p.parse_args(argv)
+def define_flags(fv: flags.FlagValues):
+  """Defines this command's flags on `fv` (the global FLAGS for the CLI, a fresh FlagValues in `main`)."""
+  d = dict(flag_values=fv)
+  flags.DEFINE_string('out', None, 'Output folder.', **d)
+  flags.mark_flags_as_required(['out'], **d)
+  flags.DEFINE_string('size', 'default', f'One of {sorted(SIZES)}.', **d)
+  flags.DEFINE_bool('smoke', False, '= --size smoke (CI, < 3 minutes).', **d)
+  flags.DEFINE_string('spaces', ','.join(SPACES), f'Comma-separated subset of {SPACES}.', **d)
+  flags.DEFINE_string('arms', '', f'Comma-separated subset of {ARMS} (default: the size\'s arms).', **d)
+  flags.DEFINE_string('seeds', '', 'Comma-separated seeds (default: the size\'s seeds).', **d)
+  flags.DEFINE_integer('steps', 0, 'Training steps per run (default: the size\'s).', **d)
+  flags.DEFINE_integer('fd_n', 0, 'Samples for FD / P-R (default: the size\'s).', **d)
+  flags.DEFINE_string('autoencoder', '', 'Folder written by experiments.train_autoencoder.', **d)
+  flags.DEFINE_string('teacher_workdir', '', 'An existing teacher run for every distilled arm.', **d)
+
+
+def main(argv, flag_values: Optional[flags.FlagValues] = None):
+  a = cli.parse(argv, define_flags, flag_values, extra_args_ok=False)
   size = 'smoke' if a.smoke else a.size
   if size not in SIZES:
     raise ValueError(f'--size must be one of {sorted(SIZES)}, got {size!r}')
@@ -453,4 +462,4 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-  main()
+  cli.cli_entry(main, define_flags)

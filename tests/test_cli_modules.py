@@ -15,7 +15,6 @@ import experiments
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MODULES = sorted(m.name for m in pkgutil.iter_modules(experiments.__path__) if m.name != 'cli')
-ARGPARSE = ('spectral_cost', 'spectral_study')  # plain argparse: no absl flags at all
 
 
 def test_importing_every_command_defines_no_global_flags():
@@ -26,7 +25,7 @@ def test_importing_every_command_defines_no_global_flags():
   assert ours == {}
 
 
-@pytest.mark.parametrize('name', [m for m in MODULES if m not in ARGPARSE])
+@pytest.mark.parametrize('name', MODULES)
 def test_flags_go_to_the_given_flag_values(name):
   module = importlib.import_module(f'experiments.{name}')
   define = getattr(module, 'define_flags', None)

@@ -28,11 +28,11 @@ def blobs(n, seed):
 
 @pytest.fixture(scope='module')
 def trained(tmp_path_factory):
-  from experiments import train_autoencoder
+  from spectral import autoencoder_train
   out = str(tmp_path_factory.mktemp('ae'))
   x_tr, x_te = blobs(256, 0), blobs(64, 1)
   y_tr, y_te = np.arange(256) % 3, np.arange(64) % 3
-  meta = train_autoencoder.run(out, steps=300, batch_size=32, learning_rate=3e-3, kl_weight=1e-4,
+  meta = autoencoder_train.run(out, steps=300, batch_size=32, learning_rate=3e-3, kl_weight=1e-4,
                                fields=FIELDS, images=(x_tr, y_tr, x_te, y_te), log=lambda *_: None)
   return out, meta, x_te
 
@@ -105,7 +105,7 @@ def test_config_errors():
     ae.resolve_ae_config(dict(channels=(6,)))
   with pytest.raises(ValueError, match='unknown autoencoder'):
     ae.resolve_ae_config(dict(width=3))
-  from experiments import train_autoencoder
+  from spectral import autoencoder_train
   with pytest.raises(ValueError, match='steps'):
-    train_autoencoder.run('x', steps=0)
-  np.testing.assert_allclose(train_autoencoder.block_average_baseline(jnp.ones((1, 8, 8, 1))), 1.0)
+    autoencoder_train.run('x', steps=0)
+  np.testing.assert_allclose(autoencoder_train.block_average_baseline(jnp.ones((1, 8, 8, 1))), 1.0)

@@ -42,7 +42,7 @@ def test_iso_mac_arm_has_the_plain_baselines_macs():
 
 def test_smoke_runs_end_to_end_and_reuses(tmp_path):
   out = str(tmp_path / 'smoke')
-  study.main(['--out', out, '--smoke'])
+  study.main(['spectral_study', '--out', out, '--smoke'])
   with open(os.path.join(out, 'study.json')) as f:
     summary = json.load(f)
   assert set(summary['table']) == {'pixel', 'latent'}

@@ -214,7 +214,8 @@ def test_text_conditioning_takes_embeddings():
 
 def test_cost_script_counts_macs_from_xla():
   from experiments import spectral_cost
-  rows = spectral_cost.main(['--configs', 'spectral_fmnist_student', '--skip_throughput'])
+  from spectral import cost
+  rows = spectral_cost.main(['spectral_cost', '--configs', 'spectral_fmnist_student', '--skip_throughput'])
   w, p = rows[0]['wavelet'], rows[0]['plain']
   # WG-Down/WG-Up replace 3x3 convolutions by Haar sums and 1x1 convs: fewer MACs and parameters.
   assert 0.005 < w['gmacs'] < p['gmacs'] < 0.05 and w['params_m'] < p['params_m']
@@ -222,7 +223,7 @@ def test_cost_script_counts_macs_from_xla():
   # A single 1x1 conv: XLA's flops / 2 is exactly H W C_in C_out multiply-adds.
   f = jax.jit(lambda x, k: jnp.einsum('bhwc,cd->bhwd', x, k)).lower(
       jax.ShapeDtypeStruct((1, 8, 8, 3), jnp.float32), jax.ShapeDtypeStruct((3, 5), jnp.float32)).compile()
-  assert spectral_cost.flops_of(f) / 2 == 8 * 8 * 3 * 5
+  assert cost.flops_of(f) / 2 == 8 * 8 * 3 * 5
 
 
 def test_text_keep_mask_is_the_null_context():
