@@ -1,6 +1,7 @@
 """Every command in experiments/ imports without defining absl flags (so tests and scripts can import several
 in one process: two modules defining --out at import raised DuplicateFlagError), defines its flags on a given
 FlagValues, and runs as a program with bad input reported as one error line."""
+import ast
 import importlib
 import os
 import pkgutil
@@ -23,6 +24,27 @@ def test_importing_every_command_defines_no_global_flags():
   ours = {m: [f.name for f in fl] for m, fl in flags.FLAGS.flags_by_module_dict().items()
           if m.startswith('experiments') or m.endswith(tuple(f'{n}.py' for n in MODULES))}
   assert ours == {}
+
+
+def test_commands_import_no_other_command():
+  """Shared code lives in library modules (sid2/, spectral/); a command imports only experiments.cli."""
+  found = {}
+  for name in MODULES:
+    with open(os.path.join(ROOT, 'experiments', f'{name}.py')) as f:
+      tree = ast.parse(f.read())
+    for node in ast.walk(tree):
+      if isinstance(node, ast.ImportFrom) and node.module == 'experiments':
+        targets = [a.name for a in node.names]
+      elif isinstance(node, ast.ImportFrom) and (node.module or '').startswith('experiments.'):
+        targets = [node.module.split('.', 1)[1]]
+      elif isinstance(node, ast.Import):
+        targets = [a.name.split('.', 1)[1] for a in node.names if a.name.startswith('experiments.')]
+      else:
+        continue
+      others = [t for t in targets if t != 'cli']
+      if others:
+        found.setdefault(name, []).extend(others)
+  assert found == {}
 
 
 @pytest.mark.parametrize('name', MODULES)
