@@ -6,7 +6,7 @@ defined once from `sid2.sampling`."""
 from __future__ import annotations
 
 import sys
-from typing import Callable, Optional, Sequence
+from typing import Callable, List, Optional, Sequence, Tuple
 
 from absl import app
 from absl import flags
@@ -15,18 +15,27 @@ from absl import logging
 from sid2 import sampling
 
 
-def parse(argv, define_flags: Callable[[flags.FlagValues], None],
-          flag_values: Optional[flags.FlagValues] = None, *, extra_args_ok: bool = True) -> flags.FlagValues:
-  """`flag_values` when given (argv must then hold only the program name unless extra_args_ok), else a fresh
-  FlagValues with `define_flags` applied and argv parsed into it."""
+def parse_with_args(argv, define_flags: Callable[[flags.FlagValues], None],
+                    flag_values: Optional[flags.FlagValues] = None) -> Tuple[flags.FlagValues, List[str]]:
+  """(FlagValues, the positional arguments after the program name): `flag_values` and argv[1:] when given
+  (absl has parsed the flags out of argv then), else a fresh FlagValues with `define_flags` applied and argv
+  parsed into it."""
   if flag_values is None:
     fv = flags.FlagValues()
     define_flags(fv)
     rest = fv(list(argv))
   else:
     fv, rest = flag_values, argv
-  if not extra_args_ok and len(rest) > 1:
-    raise app.UsageError(f'unexpected arguments: {list(rest[1:])}')
+  return fv, list(rest[1:])
+
+
+def parse(argv, define_flags: Callable[[flags.FlagValues], None],
+          flag_values: Optional[flags.FlagValues] = None, *, extra_args_ok: bool = True) -> flags.FlagValues:
+  """`flag_values` when given (argv must then hold only the program name unless extra_args_ok), else a fresh
+  FlagValues with `define_flags` applied and argv parsed into it."""
+  fv, rest = parse_with_args(argv, define_flags, flag_values)
+  if not extra_args_ok and rest:
+    raise app.UsageError(f'unexpected arguments: {rest}')
   return fv
 
 

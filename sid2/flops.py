@@ -137,7 +137,7 @@ def video_uvit_gflops(model_config, image_res, num_frames, num_channels=3, *, co
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Command line: python -m sid2.flops configs/x.py [configs/y.py ...]
+# Per config: the command is `python -m experiments.flops configs/x.py [configs/y.py ...]`.
 
 # Models with a closed-form count; any other registered model is counted by XLA's cost analysis.
 FORMULA_MODELS = ('uvit', 'uvit_video')
@@ -226,37 +226,3 @@ def format_table(rows):
   widths = [max(len(x[k]) for x in [header] + lines) for k in range(len(header))]
   fmt = lambda cols: '  '.join(c.ljust(w) for c, w in zip(cols, widths)).rstrip()
   return '\n'.join([fmt(header), fmt(['-' * w for w in widths])] + [fmt(x) for x in lines])
-
-
-def main(argv=None):
-  """Prints parameter count and forward / train FLOPs (SPEC §8) of each config file given."""
-  import argparse  # pylint: disable=g-import-not-at-top
-  import os  # pylint: disable=g-import-not-at-top
-  import sys  # pylint: disable=g-import-not-at-top
-  parser = argparse.ArgumentParser(
-      prog='python -m sid2.flops',
-      description='Parameters and FLOPs per example (multiply-add = 1 flop; train = 3 x forward, SiD2 B.3) '
-                  'of training configs. "run ZFLOPs" = train GFLOPs x batch_size x total_steps.')
-  parser.add_argument('configs', nargs='+', help='config files with get_config()')
-  args = parser.parse_args(argv)
-  from sid2 import plugins  # pylint: disable=g-import-not-at-top
-  rows, failed = [], 0
-  for path in args.configs:
-    try:
-      config = load_config(path)
-      plugins.load_plugins(config)  # e.g. spectral's models ('wg_unet', 'unet'), named by config.plugins
-      row = config_cost(config)
-    except Exception as e:  # pylint: disable=broad-except  (report it, go on with the other configs)
-      print(f'{path}: {type(e).__name__}: {e}', file=sys.stderr)
-      failed += 1
-      continue
-    row.update(config=os.path.relpath(path), train_gflops=train_gflops(row['forward_gflops']),
-               batch_size=config.batch_size, total_steps=config.total_steps)
-    rows.append(row)
-  if rows:
-    print(format_table(rows))
-  return 1 if failed else 0
-
-
-if __name__ == '__main__':
-  raise SystemExit(main())

@@ -332,6 +332,24 @@ def test_hash_check_and_conversion(synthetic, tmp_path):
     inc.read_verified_state_dict(dst)
 
 
+def test_convert_command(synthetic, tmp_path, capsys):
+  """`python -m experiments.convert_inception SRC DST --sha256 HEX` is `convert_weights` (positional SRC DST)."""
+  from absl import app
+  from experiments import convert_inception
+  state, paths = synthetic
+  path = paths['legacy']
+  digest = hashlib.sha256(open(path, 'rb').read()).hexdigest()
+  dst = str(tmp_path / 'cli.safetensors')
+  out = convert_inception.main(['convert_inception', path, dst, f'--sha256={digest}'])
+  assert out[inc.SOURCE_SHA256_KEY] == digest and out['sha256'] in capsys.readouterr().out
+  back, _ = inc.read_verified_state_dict(dst, out['sha256'])
+  assert set(back) == set(state)
+  with pytest.raises(ValueError, match=inc.STANDARD_SHA256):  # no --sha256: only the standard file is taken
+    convert_inception.main(['convert_inception', path, str(tmp_path / 'x.safetensors')])
+  with pytest.raises(app.UsageError, match='SRC DST'):
+    convert_inception.main(['convert_inception', path])
+
+
 def test_params_from_state_dict_checks_names_and_shapes(synthetic):
   state, _ = synthetic
   params = inc.params_from_state_dict(state)

@@ -187,7 +187,8 @@ def test_one_frame_video_is_the_image_count():
 
 def test_flops_cli_kinetics600_and_fashion_mnist():
   env = dict(os.environ, JAX_PLATFORMS='cpu')
-  proc = subprocess.run([sys.executable, '-m', 'sid2.flops', 'configs/kinetics600.py', 'configs/fashion_mnist.py'],
+  proc = subprocess.run([sys.executable, '-m', 'experiments.flops', 'configs/kinetics600.py',
+                         'configs/fashion_mnist.py'],
                         cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
   assert proc.returncode == 0, proc.stderr[-2000:]
   rows = {line.split()[0]: line.split() for line in proc.stdout.splitlines() if line.startswith('configs/')}
@@ -202,6 +203,14 @@ def test_flops_cli_kinetics600_and_fashion_mnist():
   from configs import fashion_mnist  # pylint: disable=g-import-not-at-top
   expected = flops.uvit_gflops(fashion_mnist.get_config().model, 32, num_channels=1)
   assert float(fm[4]) == pytest.approx(expected, abs=0.006)
+
+
+def test_flops_command_reports_a_bad_config_and_counts_the_rest(tmp_path, capsys):
+  from experiments import flops as flops_cli  # pylint: disable=g-import-not-at-top
+  with pytest.raises(ValueError, match='1 of 2 config'):
+    flops_cli.main(['flops', f'--configs={tmp_path / "nope.py"}', os.path.join(REPO, 'configs/fashion_mnist.py')])
+  captured = capsys.readouterr()
+  assert 'does not exist' in captured.err and 'fashion_mnist.py' in captured.out
 
 
 def test_kinetics600_config():

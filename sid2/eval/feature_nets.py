@@ -74,7 +74,7 @@ def load_feature_net(name: str, *, fmnist_weights: Optional[str] = None, incepti
   if not inception_weights:
     raise ValueError('features=inception needs inception_weights: the FID Inception-v3 weight file '
                      f'({inception_lib.STANDARD_FILE_NAME}, sha256 {inception_lib.STANDARD_SHA256}, or a '
-                     '.safetensors/.npz converted from it by `python -m sid2.eval.inception`); nothing is '
+                     '.safetensors/.npz converted from it by `python -m experiments.convert_inception`); nothing is '
                      'downloaded')
   if inception_preprocess not in inception_lib.PREPROCESS_MODES:
     raise ValueError(f'inception_preprocess must be one of {inception_lib.PREPROCESS_MODES}; got '

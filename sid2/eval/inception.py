@@ -32,19 +32,19 @@ it is legacy). They are read WITHOUT unpickling: `pickletools.genops` only disas
 small interpreter accepts the subset a state dict needs (dicts, OrderedDict, tuples, lists, strings, numbers,
 booleans, None, memo, persistent storage ids and `torch._utils._rebuild_tensor_v2`), refusing every other
 global or opcode before anything could run. Raw storages are read with numpy. `.safetensors` and `.npz`
-(np.load with allow_pickle=False) files written by `convert_weights` hold the same names plus the verified
-source file's sha256 and a digest of the tensors, so a converted file is as strictly checked as the original.
+(np.load with allow_pickle=False) files written by `convert_weights` (the command: `python -m
+experiments.convert_inception SRC DST`) hold the same names plus the verified source file's sha256 and a
+digest of the tensors, so a converted file is as strictly checked as the original.
 """
 from __future__ import annotations
 
-import argparse
 import functools
 import math
 import os
 import pickletools
 import re
 import zipfile
-from typing import Any, Callable, Dict, NamedTuple, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, NamedTuple, Optional, Tuple
 
 import flax.linen as nn
 import jax
@@ -774,18 +774,3 @@ def convert_weights(src: str, dst: str, expected_sha256: Optional[str] = None) -
     with open(dst, 'wb') as f:
       np.savez(f, **state, **{k: np.array(v) for k, v in meta.items()})
   return dict(meta, path=os.path.abspath(dst), sha256=file_sha256(dst))
-
-
-def main(argv: Optional[Sequence[str]] = None) -> None:
-  """`python -m sid2.eval.inception SRC DST [--sha256 HEX]`: verify SRC and convert it to DST."""
-  parser = argparse.ArgumentParser(description='Convert verified FID Inception weights to safetensors/npz.')
-  parser.add_argument('src', help=f'the torch weight file ({STANDARD_FILE_NAME})')
-  parser.add_argument('dst', help='output .safetensors or .npz')
-  parser.add_argument('--sha256', default=None, help='assert a non-standard sha256 for SRC')
-  args = parser.parse_args(argv)
-  out = convert_weights(args.src, args.dst, args.sha256)
-  print(f'wrote {out["path"]} (sha256 {out["sha256"]}; source sha256 {out[SOURCE_SHA256_KEY]})')
-
-
-if __name__ == '__main__':
-  main()
