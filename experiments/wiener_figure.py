@@ -24,7 +24,7 @@ from absl import flags
 import numpy as np
 
 from experiments import cli
-from sid2 import wiener
+from spectral import wiener
 
 def define_flags(fv: flags.FlagValues):
   """Defines this command's flags on `fv` (the global FLAGS for the CLI, a fresh FlagValues in `main`)."""

@@ -19,7 +19,7 @@ schedule's range [lambda(1), lambda(0)] training never sees lambda: there loss, 
 -dlambda/dt are NaN, while the unweighted errors are still computed (the model takes lambda directly).
 
 The core, `make_loss_vs_logsnr_fn`, takes any `apply_fn(params, z, logsnr, labels) -> output` (e.g. the exact
-Gaussian denoiser of `sid2.gaussian`); `loss_vs_logsnr` builds it from a config through the model registry.
+Gaussian denoiser of `sid2.oracles`); `loss_vs_logsnr` builds it from a config through the model registry.
 """
 from __future__ import annotations
 

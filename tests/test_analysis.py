@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from sid2 import analysis
-from sid2 import gaussian
+from sid2 import oracles
 from sid2 import parametrization as param_lib
 from sid2 import schedules
 
@@ -33,7 +33,7 @@ def _gaussian_apply_fn(parametrization):
   def apply_fn(params, z, logsnr, labels):
     assert labels is None
     mean, var = params
-    x_hat = gaussian.gaussian_posterior_mean(z, logsnr, mean, var)
+    x_hat = oracles.gaussian_posterior_mean(z, logsnr, mean, var)
     return param_lib.from_x(x_hat, z, logsnr, parametrization)
   return apply_fn
 

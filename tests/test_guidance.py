@@ -9,15 +9,15 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from sid2 import gaussian, guidance, samplers
+from sid2 import guidance, oracles, samplers
 from sid2.schedules import get_schedule
 
 SCHED = get_schedule('cosine')
 VAR = np.array([0.04, 0.1, 0.25, 0.5])
 MU_C = np.array([0.5, -0.3, 0.1, -0.6])
 MU_U = np.array([0.2, 0.0, 0.3, -0.2])
-COND = gaussian.gaussian_x_pred_fn(MU_C, VAR)
-UNCOND = gaussian.gaussian_x_pred_fn(MU_U, VAR)
+COND = oracles.gaussian_x_pred_fn(MU_C, VAR)
+UNCOND = oracles.gaussian_x_pred_fn(MU_U, VAR)
 N = 8192
 SHAPE = (N, 4)
 
@@ -49,7 +49,7 @@ def test_constant_guidance_is_the_shifted_gaussian_denoiser(w):
   """Closed form: guided Gaussian denoisers equal the exact denoiser of N(mu_c + w (mu_c - mu_u), s^2)."""
   z = _z(64, 1)
   logsnr = jnp.linspace(-8.0, 8.0, 64)
-  shifted = gaussian.gaussian_posterior_mean(z, logsnr, MU_C + w * (MU_C - MU_U), VAR)
+  shifted = oracles.gaussian_posterior_mean(z, logsnr, MU_C + w * (MU_C - MU_U), VAR)
   for fn in (guidance.guided_x_pred_fn(COND, UNCOND, w), guidance.autoguided_x_pred_fn(COND, UNCOND, w)):
     np.testing.assert_allclose(_apply(fn, z, logsnr), shifted, rtol=1e-5, atol=1e-5)
 
@@ -99,7 +99,7 @@ def test_class_guided_one_batched_call():
 
   def apply_x(z, logsnr, labels):
     batches.append(z.shape[0])  # runs only while tracing
-    return gaussian.gaussian_posterior_mean(z, logsnr, _table()[labels], VAR)
+    return oracles.gaussian_posterior_mean(z, logsnr, _table()[labels], VAR)
 
   z = _z(6, 3)
   labels = jnp.array([0, 1, 2, 0, 1, 2])
@@ -107,7 +107,7 @@ def test_class_guided_one_batched_call():
   fn = guidance.class_guided_x_pred_fn(apply_x, labels, 3, 1.5, (-3.0, 5.0))
   got = _apply(fn, z, logsnr)
   assert sorted(batches) == [6, 12]
-  x_c = gaussian.gaussian_posterior_mean(z, logsnr, _table()[labels], VAR)
+  x_c = oracles.gaussian_posterior_mean(z, logsnr, _table()[labels], VAR)
   x_u = UNCOND(z, logsnr)
   inside = np.array([False, True, True, True, False, True])
   np.testing.assert_allclose(got, np.where(inside[:, None], 2.5 * x_c - 1.5 * x_u, x_c), rtol=1e-5, atol=1e-5)
@@ -115,7 +115,7 @@ def test_class_guided_one_batched_call():
   labels2 = jnp.array([2, 2, 1, 1, 0, 0])
   empty = _apply(guidance.class_guided_x_pred_fn(apply_x, labels2, 3, 3.0, (9.0, 10.0)), z, logsnr)
   assert sorted(batches) == [6, 12]
-  np.testing.assert_allclose(empty, gaussian.gaussian_posterior_mean(z, logsnr, _table()[labels2], VAR),
+  np.testing.assert_allclose(empty, oracles.gaussian_posterior_mean(z, logsnr, _table()[labels2], VAR),
                              rtol=1e-6, atol=1e-6)
 
 

@@ -13,7 +13,7 @@ from absl import flags
 
 from experiments import cli
 from sid2 import config_lib
-from sid2 import gaussian
+from sid2 import oracles
 from sid2 import losses
 from sid2 import models
 from sid2 import sampling
@@ -70,7 +70,7 @@ def toys():
 
 
 def test_toy_sampler_matches_ddim_and_is_accepted_everywhere(toys):
-  x_pred = gaussian.gaussian_x_pred_fn(0.3, 0.5)  # the exact denoiser of N(0.3, 0.5) data
+  x_pred = oracles.gaussian_x_pred_fn(0.3, 0.5)  # the exact denoiser of N(0.3, 0.5) data
   kw = dict(num_steps=8)
   got = samplers.sample(x_pred, jax.random.PRNGKey(0), (4, 3), SCHED, sampler='toy_ddim', **kw)
   want = samplers.sample(x_pred, jax.random.PRNGKey(0), (4, 3), SCHED, sampler='ddim', **kw)

@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from sid2 import gaussian, samplers
+from sid2 import oracles, samplers
 from sid2.schedules import get_schedule
 
 SCHED = get_schedule('cosine')
@@ -20,7 +20,7 @@ MU = np.array([0.5, -0.3, 0.1, -0.6])
 VAR = np.array([0.04, 0.1, 0.25, 0.5])
 N_SAMPLES = 8192
 SHAPE = (N_SAMPLES, 4)
-X_PRED = gaussian.gaussian_x_pred_fn(MU, VAR)
+X_PRED = oracles.gaussian_x_pred_fn(MU, VAR)
 Z_SE = 4.5  # standard errors allowed (a few dozen comparisons per run)
 
 
@@ -255,7 +255,7 @@ def test_ddim_converges_to_probability_flow_ode_first_order():
   for n in (256, 1024):
     x = samplers.sample(X_PRED, jax.random.PRNGKey(0), SHAPE, SCHED, sampler='ddim', num_steps=n, z_init=z1)
     lam_1, lam_t = jnp.full((N_SAMPLES,), SCHED(1.0)), jnp.full((N_SAMPLES,), SCHED(1.0 / n))
-    z_t = gaussian.gaussian_ode_flow(z1, lam_1, lam_t, MU, VAR)
+    z_t = oracles.gaussian_ode_flow(z1, lam_1, lam_t, MU, VAR)
     errors.append(float(jnp.max(jnp.abs(x - X_PRED(z_t, lam_t)))))
   assert errors[1] < 4e-3, errors
   assert 3.0 < errors[0] / errors[1] < 5.0, errors
@@ -263,7 +263,7 @@ def test_ddim_converges_to_probability_flow_ode_first_order():
 
 def test_addim_few_steps_closer_to_data_variance_than_ddim():
   """aDDIM with v_t = the exact posterior variance undoes part of DDIM's variance loss at 8 steps."""
-  v_fn = gaussian.gaussian_posterior_variance_fn(VAR)
+  v_fn = oracles.gaussian_posterior_variance_fn(VAR)
   for n in (8,):
     ddim = np.asarray(samplers.sample(X_PRED, jax.random.PRNGKey(11), SHAPE, SCHED, sampler='ddim',
                                       num_steps=n)).var(0)
@@ -275,7 +275,7 @@ def test_addim_few_steps_closer_to_data_variance_than_ddim():
 
 def test_static_clipping():
   """clip_x='static' keeps x_hat in [-1, 1]; eps_hat is recomputed from the clipped x_hat (SPEC §6)."""
-  far = gaussian.gaussian_x_pred_fn(np.array([3.0, -3.0, 0.0, 2.0]), VAR)  # same pytree structure as X_PRED
+  far = oracles.gaussian_x_pred_fn(np.array([3.0, -3.0, 0.0, 2.0]), VAR)  # same pytree structure as X_PRED
   x = samplers.sample(far, jax.random.PRNGKey(13), SHAPE, SCHED, sampler='addim', num_steps=8, clip_x='static')
   assert float(jnp.max(jnp.abs(x))) <= 1.0
   unclipped = samplers.sample(far, jax.random.PRNGKey(13), SHAPE, SCHED, sampler='ddim', num_steps=8)
@@ -301,7 +301,7 @@ def test_static_clipping():
 def test_mixture_of_gaussians_modes():
   """DDPM on two well-separated modes: mode proportions and per-mode means match within error."""
   weights, means, var = np.array([0.3, 0.7]), np.array([[-0.6, 0.4], [0.5, -0.3]]), np.array([0.02, 0.01])
-  x = np.asarray(samplers.sample(gaussian.mixture_x_pred_fn(weights, means, var), jax.random.PRNGKey(15),
+  x = np.asarray(samplers.sample(oracles.mixture_x_pred_fn(weights, means, var), jax.random.PRNGKey(15),
                                  (N_SAMPLES, 2), SCHED, sampler='ddpm', num_steps=256, logvar_type='0.3'))
   mode = np.argmin(((x[:, None] - means[None]) ** 2).sum(-1), axis=1)
   p = weights[1]
@@ -361,7 +361,7 @@ def test_addim_variance_from_measurements():
 
 
 # ---------------------------------------------------------------------------------------------------------
-# The closed-form denoisers themselves (sid2.gaussian).
+# The closed-form denoisers themselves (sid2.oracles).
 
 def test_gaussian_posterior_mean_is_conditional_expectation():
   """Orthogonality: E[(x - x_hat(z)) z] = 0 and E[(x - x_hat)^2] = posterior variance (1-D, MC)."""
@@ -369,9 +369,9 @@ def test_gaussian_posterior_mean_is_conditional_expectation():
   n, lam = 100_000, 0.7
   x = 0.3 + 0.4 * rs.randn(n, 1)
   z = np.sqrt(_sig(lam)) * x + np.sqrt(_sig(-lam)) * rs.randn(n, 1)
-  x_hat = gaussian.gaussian_posterior_mean(jnp.asarray(z, jnp.float32), jnp.full((n,), lam), 0.3, 0.16)
+  x_hat = oracles.gaussian_posterior_mean(jnp.asarray(z, jnp.float32), jnp.full((n,), lam), 0.3, 0.16)
   err = (x - np.asarray(x_hat, np.float64))[:, 0]
-  post_var = float(gaussian.gaussian_posterior_variance(jnp.array([lam]), 0.16)[0])
+  post_var = float(oracles.gaussian_posterior_variance(jnp.array([lam]), 0.16)[0])
   assert abs(np.mean(err * z[:, 0])) < 5 * np.std(err * z[:, 0]) / np.sqrt(n)
   assert abs(np.mean(err ** 2) / post_var - 1) < 5 * np.sqrt(2 / n)
 
@@ -385,26 +385,26 @@ def test_mixture_posterior_mean_and_variance():
   x = means[comp] + np.sqrt(var[comp])[:, None] * rs.randn(n, 1)
   z = np.sqrt(_sig(lam)) * x + np.sqrt(_sig(-lam)) * rs.randn(n, 1)
   zj, lams = jnp.asarray(z, jnp.float32), jnp.full((n,), lam)
-  err = (x - np.asarray(gaussian.mixture_posterior_mean(zj, lams, weights, means, var), np.float64))[:, 0]
+  err = (x - np.asarray(oracles.mixture_posterior_mean(zj, lams, weights, means, var), np.float64))[:, 0]
   for h in (z[:, 0], z[:, 0] ** 2, np.tanh(3 * z[:, 0])):
     assert abs(np.mean(err * h)) < 5 * np.std(err * h) / np.sqrt(n)
-  post_var = np.asarray(gaussian.mixture_posterior_variance(zj, lams, weights, means, var), np.float64)[:, 0]
+  post_var = np.asarray(oracles.mixture_posterior_variance(zj, lams, weights, means, var), np.float64)[:, 0]
   assert abs(np.mean(err ** 2 - post_var)) < 5 * np.std(err ** 2 - post_var) / np.sqrt(n)
   # Equal components reduce to the Gaussian formula.
   np.testing.assert_allclose(
-      gaussian.mixture_posterior_mean(zj[:100], lams[:100], [0.5, 0.5], [[0.2], [0.2]], [0.1, 0.1]),
-      gaussian.gaussian_posterior_mean(zj[:100], lams[:100], 0.2, 0.1), rtol=1e-5, atol=1e-6)
+      oracles.mixture_posterior_mean(zj[:100], lams[:100], [0.5, 0.5], [[0.2], [0.2]], [0.1, 0.1]),
+      oracles.gaussian_posterior_mean(zj[:100], lams[:100], 0.2, 0.1), rtol=1e-5, atol=1e-6)
 
 
 def test_gaussian_ode_flow_transports_marginals_and_composes():
   rs = np.random.RandomState(18)
   n = 50_000
   l1, l2, l3 = (jnp.full((n,), v) for v in (-10.0, 0.5, 4.0))
-  m1, v1 = gaussian.gaussian_marginal(-10.0, MU, VAR)
+  m1, v1 = oracles.gaussian_marginal(-10.0, MU, VAR)
   z1 = jnp.asarray(np.asarray(m1) + np.sqrt(np.asarray(v1)) * rs.randn(n, 4), jnp.float32)
-  z3 = gaussian.gaussian_ode_flow(z1, l1, l3, MU, VAR)
-  m3, v3 = gaussian.gaussian_marginal(4.0, MU, VAR)
+  z3 = oracles.gaussian_ode_flow(z1, l1, l3, MU, VAR)
+  m3, v3 = oracles.gaussian_marginal(4.0, MU, VAR)
   _assert_moments(z3, np.asarray(m3, np.float64), np.asarray(v3, np.float64))
   np.testing.assert_allclose(
-      gaussian.gaussian_ode_flow(gaussian.gaussian_ode_flow(z1, l1, l2, MU, VAR), l2, l3, MU, VAR), z3,
+      oracles.gaussian_ode_flow(oracles.gaussian_ode_flow(z1, l1, l2, MU, VAR), l2, l3, MU, VAR), z3,
       rtol=1e-4, atol=1e-5)

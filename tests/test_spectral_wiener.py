@@ -1,8 +1,8 @@
-"""Wiener-filter analysis of linear diffusion (sid2.wiener; Spectral Diffusion supplement §1, SPEC §10)."""
+"""Wiener-filter analysis of linear diffusion (spectral.wiener; Spectral Diffusion supplement §1, SPEC §10)."""
 import numpy as np
 import pytest
 
-from sid2 import wiener
+from spectral import wiener
 
 
 def test_wiener_gain_minimises_the_expected_error():

@@ -1,6 +1,7 @@
-"""Exact optimal denoisers for Gaussian and mixture-of-Gaussian data, in closed form (SPEC §6, §11).
+"""Oracles: exact optimal denoisers for Gaussian and mixture-of-Gaussian data, in closed form (SPEC §6, §11).
 
-Used by the sampler tests and for analysis: with these the only error left in a sample is the sampler's.
+Used by the sampler and guidance tests and for analysis (any of them can be the `apply_fn` of
+`sid2.analysis.make_loss_vs_logsnr_fn`): with these the only error left in a sample is the sampler's.
 
 Conventions (SPEC §0): z = alpha x + sigma eps, alpha^2 = sigmoid(lambda), sigma^2 = sigmoid(-lambda).
 Data arrays are [B, ...]; per-example logSNRs are [B]; the data parameters (mean, var) broadcast against one
