@@ -9,7 +9,7 @@ image_size 64, seq_len 16, github.com/Tobi-r9/RaMViD). sid2 ships no Kinetics pi
 tensorflow-datasets has no 'kinetics600' builder: the data must be supplied by a video dataset registered
 under this name, `sid2.data.register_dataset('kinetics600', builder)`, whose batches are
 image float32 [b, 16, 64, 64, 3] in [-1, 1] (and label int32 [b]) and which exposes `num_frames = 16`
-(see `sid2.video_data` for the interface). Without one, `sid2.data.get_dataset` stops with
+(see `sid2.data.video` for the interface). Without one, `sid2.data.get_dataset` stops with
 "dataset.name 'kinetics600' is neither 'fashion_mnist' nor a dataset known to tensorflow-datasets".
 Not modelled here: the 5 context frames of frame prediction (this config trains the unconditional 16-frame
 model; a context-frame input would be an addition to `uvit_video`).

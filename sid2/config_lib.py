@@ -41,9 +41,9 @@ OPTIMIZER = {'name': str, 'learning_rate': float, 'beta1': float, 'beta2': float
              'weight_decay': float, 'warmup_steps': int, 'grad_clip': float, 'decay': str,
              'end_factor': float}
 DATASET = {'name': str, 'split': str, 'data_dir': str, 'shuffle_buffer': int, 'num_classes': int,
-           'num_frames': int, 'num_channels': int,  # these two: video datasets (sid2.video_data)
+           'num_frames': int, 'num_channels': int,  # these two: video datasets (sid2.data.video)
            'autoencoder_sha256': str,  # latents datasets: the autoencoder that must have made them
-           'random_flip': bool, 'labels_file': str}  # image folders / zips (sid2.image_folder)
+           'random_flip': bool, 'labels_file': str}  # image folders / zips (sid2.data.folder)
 SAMPLER = sampling.CONFIG_SCHEMA  # name, num_steps, clip_x, ... (sid2.sampling.SamplerSettings)
 
 

@@ -1,4 +1,4 @@
-"""Tests for sid2/data.py: IDX parsing, Fashion-MNIST layout, determinism, resume, sharding, tfds path."""
+"""Tests for sid2.data (sid2/data/core.py): IDX parsing, Fashion-MNIST layout, determinism, resume, sharding, tfds path."""
 import gzip
 import os
 import struct

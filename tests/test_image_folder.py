@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from sid2 import data, image_folder, trainer
+from sid2 import data, trainer
+from sid2.data import folder as folder_lib
 from tests.train_utils import tiny_config, flat_params
 
 
@@ -65,7 +66,7 @@ def test_folder_index_labels_and_determinism(tmp_path):
 def test_resize_center_crop_matches_tfds_path(tmp_path):
   root = _write_pngs(str(tmp_path / 'imgs'), sizes=((40, 64),), per_class=1, classes=('a',))
   arr = np.asarray(Image.open(os.path.join(root, 'a', '0.png')))
-  ours = image_folder.fit_image(Image.fromarray(arr), 16, 3)
+  ours = folder_lib.fit_image(Image.fromarray(arr), 16, 3)
   theirs = np.asarray(data.resize_and_center_crop(arr, 16))
   assert ours.shape == theirs.shape == (16, 16, 3)
   # Same geometry (shorter side 40 -> 16, width 64 -> 26, crop offset 5); the two antialiasing kernels
@@ -78,11 +79,11 @@ def test_random_flip_off_by_default_and_deterministic(tmp_path):
   root = _write_pngs(str(tmp_path / 'imgs'))
   plain = _ds(f'folder:{root}').next_batch(2)['image']
   flipped = _ds(f'folder:{root}', random_flip=True).next_batch(2)['image']
-  mask = image_folder.flip_mask(3, 2, 4)
+  mask = folder_lib.flip_mask(3, 2, 4)
   for i in range(4):
     np.testing.assert_array_equal(flipped[i], plain[i][:, ::-1] if mask[i] else plain[i])
   np.testing.assert_array_equal(_ds(f'folder:{root}', random_flip=True).next_batch(2)['image'], flipped)
-  masks = np.stack([image_folder.flip_mask(3, s, 4) for s in range(50)])
+  masks = np.stack([folder_lib.flip_mask(3, s, 4) for s in range(50)])
   assert 0.3 < masks.mean() < 0.7 and not np.all(masks == masks[0])  # flips vary with the step
   halves = [_ds(f'folder:{root}', random_flip=True, pi=p, pc=2).next_batch(2)['image'] for p in (0, 1)]
   np.testing.assert_array_equal(np.concatenate(halves), flipped)

@@ -20,7 +20,7 @@ from sid2 import data as data_lib
 from sid2 import flops
 from sid2 import images
 from sid2 import models
-from sid2 import video_data
+from sid2.data import video as video_lib
 from sid2.models import uvit_video
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -291,8 +291,8 @@ def test_synthetic_video_classes_are_shapes():
   shapes bounce inside the frame, never clipped): square 4 r^2, disc pi r^2, diamond 2 r^2, ring
   pi r^2 (1 - 0.3^2)."""
   rng = np.random.default_rng(0)
-  params = video_data.draw_params(rng, 32, num_classes=4, num_channels=1, image_res=64)
-  video = video_data.render(params, num_frames=5, image_res=64)
+  params = video_lib.draw_params(rng, 32, num_classes=4, num_channels=1, image_res=64)
+  video = video_lib.render(params, num_frames=5, image_res=64)
   coverage = ((video + 1.0) / (params['color'][:, None, None, None, :] + 1.0)).sum(axis=(2, 3, 4))  # [n, T]
   r = params['radius'][:, None]
   area = np.select([params['label'][:, None] == k for k in range(4)],

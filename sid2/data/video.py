@@ -19,7 +19,7 @@ import math
 
 import numpy as np
 
-from sid2 import data as data_lib
+from sid2.data import core
 
 NAME = 'synthetic_video'
 SHAPES = ('square', 'disc', 'diamond', 'ring')  # Class id = index.
@@ -93,7 +93,7 @@ class SyntheticVideoDataset:
 
   def batch_params(self, step: int) -> dict:
     """This process's slice of the global batch's parameters at `step` (drawn from rng([seed, step]))."""
-    step = data_lib._as_int(step, 'step', 0)  # pylint: disable=protected-access
+    step = core.as_int(step, 'step', 0)
     rng = np.random.default_rng([self.seed, step])
     params = draw_params(rng, self.global_batch_size, num_classes=self.num_classes,
                          num_channels=self.num_channels, image_res=self.image_res)
@@ -114,18 +114,18 @@ class SyntheticVideoDataset:
 
   def set_state(self, state: dict) -> None:
     """Restores `get_state()`; seed and global batch size must match this dataset."""
-    self._next_step = data_lib._check_state(  # pylint: disable=protected-access
+    self._next_step = core.check_state(
         state, dict(seed=self.seed, global_batch_size=self.global_batch_size))
 
 
 def build_synthetic_video(dataset_config, *, image_res, global_batch_size, seed, process_index=None,
                           process_count=None):
   """`sid2.data.get_dataset`'s builder for `dataset.name='synthetic_video'` (fields: module docstring)."""
-  get = lambda key, default: data_lib._cfg_get(dataset_config, key, default)  # pylint: disable=protected-access
+  get = lambda key, default: core.cfg_get(dataset_config, key, default)
   name = get('name', NAME)
   if name != NAME:
     raise ValueError(f'dataset.name must be {NAME!r} for the synthetic video dataset; got {name!r}')
-  as_int = data_lib._as_int  # pylint: disable=protected-access
+  as_int = core.as_int
   image_res = as_int(image_res, 'image_res', 4)
   num_frames = as_int(get('num_frames', 16), 'dataset.num_frames', 1)
   num_classes = as_int(get('num_classes', len(SHAPES)), 'dataset.num_classes', 1)
@@ -136,7 +136,7 @@ def build_synthetic_video(dataset_config, *, image_res, global_batch_size, seed,
   if num_channels not in CHANNELS or isinstance(num_channels, bool):
     raise ValueError(f'dataset.num_channels must be one of {CHANNELS} for {NAME}; got {num_channels!r}')
   seed = as_int(seed, 'seed', 0)
-  global_batch_size, process_index, process_count = data_lib._process_layout(  # pylint: disable=protected-access
+  global_batch_size, process_index, process_count = core.process_layout(
       global_batch_size, process_index, process_count)
   return SyntheticVideoDataset(
       num_frames=num_frames, image_res=image_res, num_classes=num_classes, num_channels=int(num_channels),
@@ -144,4 +144,6 @@ def build_synthetic_video(dataset_config, *, image_res, global_batch_size, seed,
       process_count=process_count)
 
 
-data_lib.register_dataset(NAME, build_synthetic_video)
+def register():
+  """Routes `dataset.name='synthetic_video'` to `build_synthetic_video` (sid2.data calls it once)."""
+  core.register_dataset(NAME, build_synthetic_video)

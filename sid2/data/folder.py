@@ -46,7 +46,7 @@ from typing import Optional
 
 import numpy as np
 
-from sid2 import data as data_lib
+from sid2.data import core
 
 EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp', '.webp', '.gif', '.tif', '.tiff')
 MODE_CHANNELS = {'1': 1, 'L': 1, 'I': 1, 'I;16': 1, 'F': 1, 'LA': 1, 'P': 3, 'PA': 3, 'RGB': 3, 'RGBA': 3,
@@ -241,7 +241,7 @@ def flip_mask(seed: int, step: int, global_batch_size: int) -> np.ndarray:
   return np.random.default_rng([seed, _FLIP_STREAM, step]).random(global_batch_size) < 0.5
 
 
-class ImageFolderDataset(data_lib.InMemoryDataset):
+class ImageFolderDataset(core.InMemoryDataset):
   """Images decoded from a folder or zip per batch; the order logic is InMemoryDataset's (pure in step)."""
 
   def __init__(self, source, files, labels, *, num_classes, num_channels, image_res, random_flip,
@@ -278,10 +278,10 @@ class ImageFolderDataset(data_lib.InMemoryDataset):
 def build_image_folder(dataset_config, *, image_res, global_batch_size, seed, process_index=None,
                        process_count=None):
   """`sid2.data.get_dataset` builder for 'folder:<path>' and 'zip:<path>' (see the module docstring)."""
-  get = lambda k, d: data_lib._cfg_get(dataset_config, k, d)  # pylint: disable=protected-access
-  image_res = data_lib._as_int(image_res, 'image_res', 1)  # pylint: disable=protected-access
-  seed = data_lib._as_int(seed, 'seed', 0)  # pylint: disable=protected-access
-  global_batch_size, process_index, process_count = data_lib._process_layout(  # pylint: disable=protected-access
+  get = lambda k, d: core.cfg_get(dataset_config, k, d)
+  image_res = core.as_int(image_res, 'image_res', 1)
+  seed = core.as_int(seed, 'seed', 0)
+  global_batch_size, process_index, process_count = core.process_layout(
       global_batch_size, process_index, process_count)
   random_flip = get('random_flip', False)
   if not isinstance(random_flip, bool):
@@ -306,8 +306,6 @@ def build_image_folder(dataset_config, *, image_res, global_batch_size, seed, pr
 
 
 def register():
+  """Routes 'folder:<path>' and 'zip:<path>' to `build_image_folder` (sid2.data calls it once)."""
   for prefix in PREFIXES:
-    data_lib.register_dataset(prefix, build_image_folder)
-
-
-register()
+    core.register_dataset(prefix, build_image_folder)

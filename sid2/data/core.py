@@ -1,5 +1,7 @@
 """Input pipelines with a deterministic, checkpointable position (SPEC §0: images in [-1, 1], NHWC).
 
+(sid2.data.core; `sid2.data` re-exports the public names and registers the datasets of video.py and folder.py.)
+
 Two sources, one interface (`get_dataset`):
 
 * `fashion_mnist` (default, offline): the gzipped IDX files of Debian's `dataset-fashion-mnist` package,
@@ -56,13 +58,13 @@ _INSTALL_HINT = ('install the Debian package with `apt-get install dataset-fashi
 # ------------------------------------------------------------------------------------------------------
 
 
-def _cfg_get(cfg, key: str, default: Any) -> Any:
+def cfg_get(cfg, key: str, default: Any) -> Any:
   """`cfg.get(key, default)` for ConfigDicts and dicts; None counts as unset."""
   value = cfg.get(key, default) if hasattr(cfg, 'get') else getattr(cfg, key, default)
   return default if value is None else value
 
 
-def _as_int(value, field: str, minimum: int) -> int:
+def as_int(value, field: str, minimum: int) -> int:
   """Integer check with a ValueError naming the field."""
   try:
     out = operator.index(value)
@@ -224,7 +226,7 @@ class InMemoryDataset:
 
   def example_indices(self, step: int) -> np.ndarray:
     """Indices of this process's examples at `step`: stream positions step B + p b + [0, b)."""
-    step = _as_int(step, 'step', 0)
+    step = as_int(step, 'step', 0)
     b = self.per_process_batch_size
     start = step * self.global_batch_size + self.process_index * b
     positions = start + np.arange(b, dtype=np.int64)
@@ -258,7 +260,7 @@ class InMemoryDataset:
 
   def set_state(self, state: dict) -> None:
     """Restores `get_state()`; seed and global batch size must match this dataset."""
-    self._next_step = _check_state(state, dict(seed=self.seed, global_batch_size=self.global_batch_size))
+    self._next_step = check_state(state, dict(seed=self.seed, global_batch_size=self.global_batch_size))
 
 
 def _state_int(state, key: str) -> int:
@@ -269,7 +271,7 @@ def _state_int(state, key: str) -> int:
   return int(value)
 
 
-def _check_state(state, expected: dict) -> int:
+def check_state(state, expected: dict) -> int:
   """Checks a restored state against this dataset's settings; returns its step."""
   if 'step' not in state:
     raise ValueError(f'dataset state needs a `step` entry; got keys {sorted(state)}')
@@ -433,7 +435,7 @@ class TfdsDataset:
 
     The first call on a fresh dataset may start at any step (it skips there, deterministically).
     """
-    step = _as_int(step, 'step', 0)
+    step = as_int(step, 'step', 0)
     if step != self._next_step:
       if self._position_fixed:
         raise ValueError(f'tfds dataset is positioned at step {self._next_step} but step {step} was '
@@ -453,7 +455,7 @@ class TfdsDataset:
 
   def set_state(self, state: dict) -> None:
     """Restores `get_state()`: the next `next_batch` must ask for `state['step']`."""
-    self._next_step = _check_state(state, dict(seed=self.seed, global_batch_size=self.global_batch_size,
+    self._next_step = check_state(state, dict(seed=self.seed, global_batch_size=self.global_batch_size,
                                                process_count=self.process_count))
     self._iterator = None
     self._position_fixed = True
@@ -476,16 +478,16 @@ class TfdsDataset:
 # ------------------------------------------------------------------------------------------------------
 
 
-def _process_layout(global_batch_size, process_index, process_count):
+def process_layout(global_batch_size, process_index, process_count):
   if process_index is None or process_count is None:
     import jax  # pylint: disable=g-import-not-at-top
     process_index = jax.process_index() if process_index is None else process_index
     process_count = jax.process_count() if process_count is None else process_count
-  process_count = _as_int(process_count, 'process_count', 1)
-  process_index = _as_int(process_index, 'process_index', 0)
+  process_count = as_int(process_count, 'process_count', 1)
+  process_index = as_int(process_index, 'process_index', 0)
   if process_index >= process_count:
     raise ValueError(f'process_index must be in [0, {process_count}); got {process_index}')
-  global_batch_size = _as_int(global_batch_size, 'batch_size', 1)
+  global_batch_size = as_int(global_batch_size, 'batch_size', 1)
   if global_batch_size % process_count:
     raise ValueError(f'batch_size ({global_batch_size}, global) must be divisible by the process count '
                      f'{process_count}')
@@ -518,18 +520,18 @@ def get_dataset(dataset_config, *, image_res: int, global_batch_size: int, seed:
   uint8_images: Fashion-MNIST and tfds batches carry uint8 pixels where they are 8-bit values, to be scaled
   on device by `sid2.host_input.uint8_to_unit` (the trainer does); registered datasets ignore it.
   """
-  name = _cfg_get(dataset_config, 'name', 'fashion_mnist')
+  name = cfg_get(dataset_config, 'name', 'fashion_mnist')
   if not isinstance(name, str) or not name:
     raise ValueError(f"dataset.name must be 'fashion_mnist' or a tfds dataset name; got {name!r}")
   builder = DATASETS.find(name)
   if builder is not None:
     return builder(dataset_config, image_res=image_res, global_batch_size=global_batch_size, seed=seed,
                    process_index=process_index, process_count=process_count)
-  split = _cfg_get(dataset_config, 'split', 'train')
-  data_dir = _cfg_get(dataset_config, 'data_dir', None)
-  image_res = _as_int(image_res, 'image_res', 1)
-  seed = _as_int(seed, 'seed', 0)
-  global_batch_size, process_index, process_count = _process_layout(
+  split = cfg_get(dataset_config, 'split', 'train')
+  data_dir = cfg_get(dataset_config, 'data_dir', None)
+  image_res = as_int(image_res, 'image_res', 1)
+  seed = as_int(seed, 'seed', 0)
+  global_batch_size, process_index, process_count = process_layout(
       global_batch_size, process_index, process_count)
   if name == 'fashion_mnist':
     _check_fashion_res(image_res)
@@ -539,12 +541,12 @@ def get_dataset(dataset_config, *, image_res: int, global_batch_size: int, seed:
         transform=functools.partial(fit_fashion_resolution, image_res=image_res, uint8=uint8_images),
         global_batch_size=global_batch_size, seed=seed, process_index=process_index,
         process_count=process_count)
-  shuffle_buffer = _as_int(_cfg_get(dataset_config, 'shuffle_buffer', DEFAULT_SHUFFLE_BUFFER),
+  shuffle_buffer = as_int(cfg_get(dataset_config, 'shuffle_buffer', DEFAULT_SHUFFLE_BUFFER),
                            'dataset.shuffle_buffer', 1)
   return TfdsDataset(
       name, split=split, data_dir=data_dir, shuffle_buffer=shuffle_buffer,
-      image_key=_cfg_get(dataset_config, 'image_key', 'image'),
-      label_key=_cfg_get(dataset_config, 'label_key', 'label'), image_res=image_res,
+      image_key=cfg_get(dataset_config, 'image_key', 'image'),
+      label_key=cfg_get(dataset_config, 'label_key', 'label'), image_res=image_res,
       global_batch_size=global_batch_size, seed=seed, process_index=process_index,
       process_count=process_count, uint8_images=uint8_images)
 
@@ -554,11 +556,11 @@ def load_eval_images(dataset_config, image_res: int, num: int) -> np.ndarray:
 
   Not sharded: every process gets the same array (for Frechet distances and sample plots).
   """
-  name = _cfg_get(dataset_config, 'name', 'fashion_mnist')
-  split = _cfg_get(dataset_config, 'split', 'train')
-  data_dir = _cfg_get(dataset_config, 'data_dir', None)
-  image_res = _as_int(image_res, 'image_res', 1)
-  num = _as_int(num, 'num', 1)
+  name = cfg_get(dataset_config, 'name', 'fashion_mnist')
+  split = cfg_get(dataset_config, 'split', 'train')
+  data_dir = cfg_get(dataset_config, 'data_dir', None)
+  image_res = as_int(image_res, 'image_res', 1)
+  num = as_int(num, 'num', 1)
   for prefix, builder in DATASET_BUILDERS.items():  # registered datasets that offer eval_images(num)
     if name.startswith(prefix):
       ds = builder(dataset_config, image_res=image_res, global_batch_size=1, seed=0, process_index=0,
@@ -575,13 +577,8 @@ def load_eval_images(dataset_config, image_res: int, num: int) -> np.ndarray:
     return fit_fashion_resolution(images[:num], image_res)
   ds = TfdsDataset(
       name, split=split, data_dir=data_dir, shuffle_buffer=1,
-      image_key=_cfg_get(dataset_config, 'image_key', 'image'),
-      label_key=_cfg_get(dataset_config, 'label_key', 'label'), image_res=image_res,
+      image_key=cfg_get(dataset_config, 'image_key', 'image'),
+      label_key=cfg_get(dataset_config, 'label_key', 'label'), image_res=image_res,
       global_batch_size=1, seed=0, process_index=0, process_count=1)
   return ds.eval_images(split, num)
 
-
-# Built-in datasets defined in their own modules register themselves here (after `register_dataset`
-# exists), so that `get_dataset` knows them whenever sid2.data is imported.
-from sid2 import video_data  # noqa: E402,F401  pylint: disable=g-import-not-at-top,wrong-import-position
-from sid2 import image_folder  # noqa: E402,F401  pylint: disable=g-import-not-at-top,wrong-import-position
