@@ -1,4 +1,5 @@
-"""Tests for sid2.data (sid2/data/core.py): IDX parsing, Fashion-MNIST layout, determinism, resume, sharding, tfds path."""
+"""Tests for sid2.data (sid2/data/core.py): IDX parsing, Fashion-MNIST layout, determinism, resume, sharding,
+tfds path, and the package layout."""
 import gzip
 import os
 import struct
@@ -333,3 +334,21 @@ def test_tfds_files_per_process_shards_and_resume(tiny_tfds_dir):
   with pytest.raises(ValueError, match='process_count'):
     data.get_dataset(cfg, process_index=0, process_count=1, **kw).set_state(
         dict(step=6, seed=4, global_batch_size=8, process_count=2))
+
+
+def test_package_registers_the_built_ins_and_its_modules_import_only_core():
+  """`sid2.data` re-exports core's names and registers video.py's and folder.py's datasets; those two modules
+  import sid2.data.core, never the package that imports them."""
+  import ast
+  assert data.get_dataset is data.core.get_dataset and data.InMemoryDataset is data.core.InMemoryDataset
+  assert list(data.DATASET_BUILDERS)[:3] == ['synthetic_video', 'folder:', 'zip:']
+  for module in (data.video, data.folder):
+    with open(module.__file__) as f:
+      tree = ast.parse(f.read())
+    imported = set()
+    for node in ast.walk(tree):
+      if isinstance(node, ast.ImportFrom) and (node.module or '').startswith('sid2'):
+        imported.update(f'{node.module}.{a.name}' for a in node.names)
+      elif isinstance(node, ast.Import):
+        imported.update(a.name for a in node.names if a.name.startswith('sid2'))
+    assert imported == {'sid2.data.core'}, (module.__name__, imported)
