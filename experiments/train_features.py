@@ -21,8 +21,10 @@ import optax
 
 from experiments import cli
 from sid2 import data
+from sid2 import export
 from sid2.eval import fd
 from sid2.eval import features as features_lib
+
 
 def define_flags(fv: flags.FlagValues):
   """Defines this command's flags on `fv` (the global FLAGS for the CLI, a fresh FlagValues in `main`)."""
@@ -99,7 +101,7 @@ def run(out: str, epochs: int, batch_size: int, learning_rate: float, seed: int,
       fd_test_vs_train_first_10k=fd.frechet_distance_features(test_feats, train_feats))
 
   os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-  save_file(features_lib.flatten_params(params), out)
+  save_file({k: np.asarray(v, np.float32) for k, v in export.flatten_params(params).items()}, out)
   meta = dict(
       sha256=features_lib.file_sha256(out), test_accuracy=accuracy, feature_dim=features_lib.FEATURE_DIM,
       image_shape=list(features_lib.IMAGE_SHAPE), pixel_range=[-1.0, 1.0],

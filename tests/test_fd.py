@@ -133,6 +133,23 @@ def test_committed_weights_match_sidecar_and_give_features():
     fn(np.zeros((2, 28, 28, 1), np.float32))
 
 
+def test_committed_weights_keep_their_key_format(tmp_path):
+  """The committed file's '/'-joined keys ('Conv_0/kernel', ...) are sid2.export's format: loading unflattens
+  them, and flattening the loaded params and saving them as train_features does rewrites the same bytes."""
+  from safetensors.numpy import load_file, save_file
+  from sid2 import export
+  stored = load_file(features_lib.DEFAULT_WEIGHTS)
+  assert any('/' in k for k in stored) and 'Conv_0/kernel' in stored
+  params, _ = features_lib.load_params()
+  flat = export.flatten_params(params)
+  assert set(flat) == set(stored)
+  for k, v in stored.items():
+    assert flat[k].dtype == v.dtype and flat[k].tobytes() == v.tobytes(), k
+  again = tmp_path / 'again.safetensors'
+  save_file({k: np.asarray(v, np.float32) for k, v in flat.items()}, str(again))
+  assert features_lib.file_sha256(str(again)) == features_lib.file_sha256(features_lib.DEFAULT_WEIGHTS)
+
+
 def test_changed_weights_are_rejected(tmp_path):
   path = tmp_path / 'w.safetensors'
   path.write_bytes(open(features_lib.DEFAULT_WEIGHTS, 'rb').read() + b' ')

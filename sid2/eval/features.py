@@ -20,6 +20,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from sid2 import export
 from sid2 import hashing
 
 IMAGE_SHAPE = (32, 32, 1)
@@ -51,26 +52,6 @@ def init_params(rng):
   return FeatureClassifier().init(rng, jnp.zeros((1,) + IMAGE_SHAPE, jnp.float32))['params']
 
 
-def flatten_params(params) -> dict:
-  """{'Conv_0/kernel': np.ndarray, ...} (safetensors keys) from a nested params dict."""
-  flat = {}
-  for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
-    flat['/'.join(str(k.key) for k in path)] = np.asarray(leaf, np.float32)
-  return flat
-
-
-def unflatten_params(flat: dict) -> dict:
-  """Inverse of `flatten_params`."""
-  out = {}
-  for key, value in flat.items():
-    node = out
-    *parents, leaf = key.split('/')
-    for p in parents:
-      node = node.setdefault(p, {})
-    node[leaf] = jnp.asarray(value)
-  return out
-
-
 file_sha256 = hashing.file_sha256  # one home: sid2.hashing
 
 def sidecar_path(weights_path: str) -> str:
@@ -96,7 +77,7 @@ def load_params(path: str = DEFAULT_WEIGHTS):
     raise ValueError(f'feature-net weights {path} have sha256 {digest} but {meta_path} records '
                      f'{meta.get("sha256")!r}: the file was changed, so its Fréchet distances would not be '
                      'comparable')
-  params = unflatten_params(load_file(path))
+  params = jax.tree.map(jnp.asarray, export.unflatten_params(load_file(path)))  # '/'-joined keys
   want = jax.tree.map(lambda s: s.shape, jax.eval_shape(init_params, jax.random.PRNGKey(0)))
   got = jax.tree.map(lambda a: a.shape, params)
   if want != got:
