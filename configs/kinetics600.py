@@ -22,7 +22,7 @@ patching 1) with the space-only down-sampling of `uvit_video`, so ResBlocks run 
 16 x 32^2 (512 ch), two per level each way, and a 1024-wide transformer attends over all 16 x 16^2 = 4096
 space-time tokens; the transformer depth (20 blocks) is the free knob, chosen as the value whose
 `sid2.flops.video_uvit_gflops` is nearest 3570: 3610.6 GFLOPs (+1.1%; 19 blocks give 3524.7, -1.3%).
-Check with `python -m sid2.flops configs/kinetics600.py`.
+Check with `python -m experiments.flops configs/kinetics600.py`.
 Loss, parametrisation and sampler are not in B.7 either: sigmoid loss with B.6's bias moved from 0 at 128^2
 by 2 log 2 per halving (1.39 at 64^2), v-prediction, and aDDIM with 128 steps for evaluation (B.7's last
 paragraph).
