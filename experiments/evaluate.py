@@ -75,7 +75,7 @@ def define_flags(fv: flags.FlagValues):
   flags.DEFINE_string('fmnist_weights', None, 'Fashion-MNIST feature-net safetensors (default: the shipped '
                       'sid2/eval/weights/fmnist_classifier.safetensors).', **d)
   flags.DEFINE_string('inception_weights', None, 'Inception-v3 FID weight file (.pth, or .safetensors/.npz '
-                      'from `python -m sid2.eval.inception`), for --features inception.', **d)
+                      'from `python -m experiments.convert_inception`), for --features inception.', **d)
   flags.DEFINE_string('inception_sha256', None, 'Assert this sha256 for --inception_weights instead of the '
                       'standard file\'s.', **d)
   flags.DEFINE_string('ref', None, 'Reference statistics .npz (experiments.reference_stats, ADM reference '
