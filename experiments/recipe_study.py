@@ -46,6 +46,9 @@ RECIPES = {
                            dict(UVIT_SMALL, loss_type='sigmoid:1.5')),
     'uvit_small_lr1e-3': ('uvit_small + peak learning rate 1e-3',
                           dict(UVIT_SMALL, **{'optimizer.learning_rate': 1e-3})),
+    'uvit_small_eps': ('uvit_small + eps-prediction instead of v (the same sigmoid-weighted loss; only the '
+                       'network output changes)',
+                       dict(UVIT_SMALL, parametrization='eps')),
     'uvit_small_warm50': ('uvit_small + 50 warmup steps instead of 200',
                           dict(UVIT_SMALL, **{'optimizer.warmup_steps': 50})),
     'reference_recipe': ('the simple reference recipe in this codebase: uvit_small, min-SNR-5, v, Adam 2e-4 '
