@@ -159,7 +159,8 @@ def run_one(name, seed, out, *, budget, clock, fixed_step, scoring, smoke, log=p
     b = result['budget_score']
     log(f'[{name}/seed{seed}] {final} steps in the budget: FD {b["fd"]:.2f}, P/R {b["precision"]:.2f}/'
         f'{b["recall"]:.2f}' + (f'; at step {fixed_step}: FD {result["fixed_score"]["fd"]:.2f}'
-                                if result['fixed_score'] else f'; step {fixed_step} not reached'))
+                                if result['fixed_score'] else
+                                f'; step {fixed_step} not reached' if fixed_step > 0 else ''))
     return result
 
   fp = study.fingerprint(config, dict(scoring, fixed_step=fixed_step))

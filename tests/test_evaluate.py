@@ -134,12 +134,12 @@ def test_bad_inputs_fail_before_sampling(fmnist_run, tmp_path, monkeypatch):
   with pytest.raises(ValueError, match='features must be one of'):
     evaluate.main(base + ['--features=vgg'])
   # A resolution the fmnist features cannot take.
-  wd = tmp_path / 'res64'
+  wd = tmp_path / 'res48'
   wd.mkdir()
   config = json.load(open(os.path.join(fmnist_run.workdir, 'config.json')))
-  config['image_res'] = 64
+  config['image_res'] = 48
   (wd / 'config.json').write_text(json.dumps(config))
-  with pytest.raises(ValueError, match=r'features=fmnist takes only 32x32x1.*image_res=64'):
+  with pytest.raises(ValueError, match=r'features=fmnist takes only 32x32x1.*image_res=48'):
     evaluate.main(['evaluate', f'--workdir={wd}', '--num_samples=4'])
   with pytest.raises(ValueError, match='num_samples must be an integer >= 2'):
     evaluate.main(base[:2] + ['--num_samples=1'])

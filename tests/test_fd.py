@@ -164,7 +164,7 @@ def test_changed_weights_are_rejected(tmp_path):
 
 def test_evaluate_rejects_runs_the_feature_net_does_not_fit(tmp_path):
   from experiments import evaluate
-  for name, edit in (('res64', dict(image_res=64)), ('rgb', dict(dataset=dict(name='cifar10'), num_channels=3))):
+  for name, edit in (('res48', dict(image_res=48)), ('rgb', dict(dataset=dict(name='cifar10'), num_channels=3))):
     workdir = tmp_path / name
     workdir.mkdir()
     config = dict(image_res=32, dataset=dict(name='fashion_mnist'), model=dict(name='uvit'))
@@ -178,3 +178,21 @@ def test_evaluate_rejects_runs_the_feature_net_does_not_fit(tmp_path):
                                                        model=dict(name='uvit'))))
   with pytest.raises(ValueError, match='num_samples'):
     evaluate.evaluate(dict(workdir=str(workdir), num_samples=1))
+
+
+def test_fmnist_features_of_pixel_repeated_images_equal_the_originals():
+  """At 64x64 the fmnist net box-averages 2x2 first: a 2-fold pixel repetition (how Fashion-MNIST is made
+  64x64) gives exactly the features of the 32x32 images; non-square, RGB or non-multiple sides are refused."""
+  from sid2 import data
+  from sid2.eval import feature_nets
+  net = feature_nets.load_feature_net('fmnist')
+  images = data.load_eval_images(dict(name='fashion_mnist', split='test'), 32, 8)
+  big = data.load_eval_images(dict(name='fashion_mnist', split='test'), 64, 8)
+  np.testing.assert_array_equal(big, np.repeat(np.repeat(images, 2, axis=1), 2, axis=2))
+  np.testing.assert_allclose(np.asarray(net.apply(net.params, big)), np.asarray(net.apply(net.params, images)),
+                             rtol=1e-5, atol=1e-5)
+  for shape in ((64, 64, 1), (128, 128, 1)):
+    net.check_shape(shape, 'ok')
+  for shape in ((48, 48, 1), (64, 32, 1), (64, 64, 3), (16, 16, 1)):
+    with pytest.raises(ValueError, match='32k x 32k x 1'):
+      net.check_shape(shape, 'images')

@@ -65,9 +65,11 @@ class Context:
     if inception_sha256 and not inception_weights:
       raise ValueError('inception_sha256 needs inception_weights')
     res, channels = self.config.get('image_res', None), _num_channels(self.config)
-    if features == 'fmnist' and (res != 32 or channels not in (None, 1)):  # before loading anything
-      raise ValueError(f'features=fmnist takes only 32x32x1 (Fashion-MNIST-like) runs (the shipped feature '
-                       f'net sid2/eval/weights/fmnist_classifier.safetensors is trained on them); this run has '
+    fmnist_ok = isinstance(res, int) and feature_nets.fmnist_shape_ok(res, res, channels or 1)
+    if features == 'fmnist' and not fmnist_ok:  # before loading anything
+      raise ValueError(f'features=fmnist takes only 32x32x1 (Fashion-MNIST-like) runs, or 32k x 32k x 1 ones '
+                       f'(box-averaged to 32x32; the shipped feature net '
+                       f'sid2/eval/weights/fmnist_classifier.safetensors is trained at 32x32); this run has '
                        f'image_res={res!r}, num_channels={channels!r} (dataset.name='
                        f'{self.config.get("dataset", {}).get("name", None)!r}); use --features inception')
     self.net = feature_nets.load_feature_net(features, fmnist_weights=fmnist_weights,

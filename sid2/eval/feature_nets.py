@@ -1,6 +1,8 @@
 """The feature networks of the Fréchet distance by name, checked before any sampling (issue 14).
 
-  'fmnist'    the shipped Fashion-MNIST classifier (`sid2.eval.features`, 128-d), 32x32x1 images only;
+  'fmnist'    the shipped Fashion-MNIST classifier (`sid2.eval.features`, 128-d), 32x32x1 images, or square
+              greyscale images of side 32k, box-averaged k x k to 32x32 first (the exact inverse of the
+              pixel repetition that makes Fashion-MNIST 64x64 or 128x128: `sid2.data.fit_fashion_resolution`);
   'inception' the FID Inception-v3 pool3 (`sid2.eval.inception`, 2048-d) from a user-supplied weight file,
               any resolution, 1 or 3 channels (greyscale tiled to RGB, resized to 299x299 as the TF FID
               graph does).
@@ -36,7 +38,7 @@ class FeatureNet:
   def check_shape(self, shape: Tuple[int, int, int], what: str) -> None:
     """ValueError unless images of `shape` (H, W, C) can be fed to this net; `what` names their origin."""
     h, w, c = (int(v) for v in shape)
-    ok = (h, w, c) == (32, 32, 1) if self.name == 'fmnist' else (h >= 1 and w >= 1 and c in (1, 3))
+    ok = fmnist_shape_ok(h, w, c) if self.name == 'fmnist' else (h >= 1 and w >= 1 and c in (1, 3))
     if not ok:
       raise ValueError(f'{what} has images of shape {h}x{w}x{c}, but features={self.name!r} ({self.path}) takes '
                        f'{self.shapes}' + ('; use --features inception for other datasets'
@@ -45,6 +47,20 @@ class FeatureNet:
   def info(self) -> dict:
     return dict(name=self.name, path=os.path.abspath(self.path), sha256=self.sha256, feature_dim=self.dim,
                 preprocess=self.preprocess)
+
+
+def fmnist_shape_ok(h: int, w: int, c: int) -> bool:
+  """Whether the fmnist net takes [h, w, c] images: greyscale, square, side a multiple of 32."""
+  return c == 1 and h == w and h >= 32 and h % 32 == 0
+
+
+def box_average_to(x, res: int):
+  """[N, H, W, C] -> [N, res, res, C] by k x k means (k = H / res): undoes a k-fold pixel repetition exactly."""
+  n, h, w, c = x.shape
+  k = h // res
+  if k == 1:
+    return x
+  return x.reshape(n, res, k, res, k, c).mean(axis=(2, 4))
 
 
 def quantize(x):
@@ -67,9 +83,10 @@ def load_feature_net(name: str, *, fmnist_weights: Optional[str] = None, incepti
     model = features_lib.FeatureClassifier()
 
     def apply_fmnist(p, images):
-      return model.apply({'params': p}, quantize(images))[0]
+      return model.apply({'params': p}, box_average_to(quantize(images), 32))[0]
     return FeatureNet('fmnist', path, features_lib.file_sha256(path), features_lib.FEATURE_DIM,
-                      f'{QUANTIZE}; no resizing', params, apply_fmnist, '32x32x1 (Fashion-MNIST-like) images')
+                      f'{QUANTIZE}; 32k x 32k box-averaged k x k to 32x32', params, apply_fmnist,
+                      '32x32x1 (Fashion-MNIST-like) images, or 32k x 32k x 1 (box-averaged to 32x32)')
   from sid2.eval import inception as inception_lib  # pylint: disable=g-import-not-at-top
   if not inception_weights:
     raise ValueError('features=inception needs inception_weights: the FID Inception-v3 weight file '
