@@ -13,7 +13,8 @@ Arms (each in `--spaces pixel,latent`; `--arms` picks a subset):
   positive     wg + the positive control (output only, spatial only, λs = 1, λf = 0)
   wg_iso       the iso-MAC WG-UNet: wg plus one full-resolution ResBlock after the last WG-Up, spending the
                MACs the removed resampling convs saved (the table shows both MAC counts)
-  and the readings' ablations: wg_old (first readings: default gate init, gcd(C, 32) groups), wg_channel
+  and the readings' ablations: wg_old (first readings: default gate init, gcd(C, 32) groups), wg_gcd_norm
+  (only the gcd(C, 32) groups), wg_channel
   ('channel' gates), wg_distill_raw (unnormalised frequency weights), wg_distill_fnorm (each tap's loss
   relative to the teacher feature's mean square: distill.feature_norm='teacher').
 Distilled arms of seed s use the teacher of seed s, pinned by step and sha256 in their config and record.
@@ -44,7 +45,7 @@ from experiments import cli
 
 SPACES = ('pixel', 'latent')
 MAIN_ARMS = ('teacher', 'lite', 'wg', 'wg_distill', 'positive', 'wg_iso')
-ABLATION_ARMS = ('wg_old', 'wg_channel', 'wg_distill_raw', 'wg_distill_fnorm')
+ABLATION_ARMS = ('wg_old', 'wg_gcd_norm', 'wg_channel', 'wg_distill_raw', 'wg_distill_fnorm')
 ARMS = MAIN_ARMS + ABLATION_ARMS
 DISTILLED = ('wg_distill', 'positive', 'wg_distill_raw', 'wg_distill_fnorm')
 
@@ -107,6 +108,8 @@ def arm_model(space, arm, tiny=False):
     extra = dict(final_blocks=1)
   elif arm == 'wg_old':
     extra = dict(gate_init='default', norm_group_channels=1)
+  elif arm == 'wg_gcd_norm':  # the first GroupNorm reading only (wg_old also has the first gate init)
+    extra = dict(norm_group_channels=1)
   elif arm == 'wg_channel':
     extra = dict(gate='channel')
   elif arm in DISTILLED:

@@ -52,9 +52,12 @@ def test_smoke_study_end_to_end_and_reuse(tmp_path):
 
 
 def test_default_config_is_sid2_recipe_in_the_winning_shape():
-  """configs/fashion_mnist.py = configs/fashion_mnist_sid2.py with the uvit_small shape, nothing else."""
+  """configs/fashion_mnist.py = configs/fashion_mnist_sid2.py with the uvit_small shape and guidance on the
+  logSNR interval (-3, 5), nothing else."""
   from configs import fashion_mnist, fashion_mnist_sid2
   default, sid2 = fashion_mnist.get_config().to_dict(), fashion_mnist_sid2.get_config().to_dict()
+  assert tuple(default['sampler'].pop('guidance_interval')) == (-3.0, 5.0)
+  sid2['sampler'].pop('guidance_interval')
   changed = {f'model.{k}' for k in default['model'] if default['model'][k] != sid2['model'][k]}
   changed |= {k for k in default if k not in ('model', 'description') and default[k] != sid2[k]}
   assert changed == {k for k, v in rs.UVIT_SMALL.items() if sid2['model'][k.split('.')[1]] != v}
