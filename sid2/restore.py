@@ -25,6 +25,7 @@ import jax
 import ml_collections
 import orbax.checkpoint as ocp
 
+from sid2 import checkpoint as ckpt_lib
 from sid2 import models
 from sid2 import plugins
 from sid2 import sample_fns
@@ -136,9 +137,8 @@ def resolve_num_channels(config, stored: dict) -> int:
 def _manager(workdir: str):
   """A read-only orbax manager over `<workdir>/checkpoints` that reads the `state` item as a raw PyTree."""
   options = ocp.CheckpointManagerOptions(create=False, read_only=True)
-  return ocp.CheckpointManager(checkpoint_dir(workdir), options=options, item_names=('state', 'data'),
-                               item_handlers={'state': ocp.PyTreeCheckpointHandler(),
-                                              'data': ocp.JsonCheckpointHandler()})
+  return ocp.CheckpointManager(checkpoint_dir(workdir), options=options,
+                               handler_registry=ckpt_lib.handler_registry(raw_state=True))
 
 
 def _restore_ema(manager, step: int, config, sharding) -> Tuple[Any, int]:

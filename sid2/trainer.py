@@ -55,13 +55,21 @@ def write_loss_vs_logsnr(path, step, sums, mse_sums, counts):
 
 
 class _Preemption:
-  """Sets a flag on SIGTERM so the loop saves a checkpoint and exits cleanly."""
+  """Sets a flag on SIGTERM so the loop saves a checkpoint and exits cleanly (single-process runs).
 
-  def __init__(self):
+  install=False leaves SIGTERM alone: in a multi-process run jax's preemption service catches it, and every
+  process stops at the same step when `Checkpointer.reached_preemption` says so (a per-process flag would stop
+  one host alone, mid-collective).
+  """
+
+  def __init__(self, install: bool = True):
     self.requested = False
     self._old = None
+    self._install = install
 
   def __enter__(self):
+    if not self._install:
+      return self
     try:
       self._old = signal.signal(signal.SIGTERM, self._handle)
     except ValueError:  # not the main thread
@@ -210,8 +218,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, stop_
     end_step = start_step
   # The next batches are read and copied to the devices on a thread while the step runs (sid2.host_input).
   fetch = lambda s: (ts.global_batch(ds.next_batch(s), mesh), ds.get_state())
-  with _Preemption() as preempt, host_input.Prefetcher(fetch, start_step, end_step,
-                                                       config.get('prefetch_batches', 2)) as prefetch:
+  # SIGTERM: on one process our flag; on several, the step all processes agree on (ckpt.reached_preemption).
+  preemption = _Preemption(install=jax.process_count() == 1)
+  with preemption as preempt, host_input.Prefetcher(fetch, start_step, end_step,
+                                                    config.get('prefetch_batches', 2)) as prefetch:
     for step in range(start_step, end_step):
       if profile and step == profile[0] and is_main:
         jax.profiler.start_trace(os.path.join(workdir, 'profile'))  # TensorBoard's profile plugin reads it
@@ -250,7 +260,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, stop_
         save(done)
       if done % config.eval_every == 0 or done == config.total_steps:
         evaluate(done)
-      if preempt.requested:
+      if preempt.requested or ckpt.reached_preemption(done):
         save(done)
         break
       if out_of_time(done):
