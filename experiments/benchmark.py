@@ -108,19 +108,20 @@ def bench_model(name, config, num_channels, steps, batch_size=0):
   """Times `steps` jitted train steps of `config`'s model on random data (batch_size > 0 overrides)."""
   import jax
   import numpy as np
-  from sid2 import flops, losses, schedules, trainer, train_step as ts
+  from sid2 import flops, losses, schedules, train_step as ts
+  from sid2.models import build as model_build
   if batch_size:
     config.batch_size = batch_size
   mesh = ts.make_mesh()
-  model = trainer.build_model(config, num_channels)
+  model = model_build.build_model(config, num_channels)
   schedule = schedules.get_schedule(config.schedule, image_res=config.image_res)
   optimizer, _ = ts.make_optimizer(config.optimizer, config.total_steps)
   step_cfg = ts.StepConfig(ema_decay=config.ema_decay, num_classes=config.model.num_classes,
                            cond_drop_prob=config.cond_drop_prob)
-  step = ts.jit_train_step(ts.make_train_step(trainer.make_apply_fn(model), schedule,
+  step = ts.jit_train_step(ts.make_train_step(model_build.make_apply_fn(model), schedule,
                                               losses.get_loss(config.loss_type, schedule),
                                               config.parametrization, optimizer, step_cfg), mesh)
-  params = trainer.init_params(model, config, num_channels, jax.random.PRNGKey(0))
+  params = model_build.init_params(model, config, num_channels, jax.random.PRNGKey(0))
   state = jax.device_put(ts.create_train_state(params, optimizer, jax.random.PRNGKey(1)), ts.replicated(mesh))
   rng = np.random.default_rng(0)
   res, b = config.image_res, config.batch_size
@@ -200,17 +201,18 @@ def time_train_step(config, num_channels, steps, warmup=1):
   """
   import jax
   import numpy as np
-  from sid2 import host_input, losses, runtime, schedules, trainer, train_step as ts
+  from sid2 import host_input, losses, runtime, schedules, train_step as ts
+  from sid2.models import build as model_build
   mesh = ts.make_mesh()
-  model = trainer.build_model(config, num_channels)
+  model = model_build.build_model(config, num_channels)
   schedule = schedules.get_schedule(config.schedule, image_res=config.image_res)
   optimizer, _ = ts.make_optimizer(config.optimizer, config.total_steps)
   step_cfg = ts.StepConfig(ema_decay=config.ema_decay, num_classes=config.model.get('num_classes', 0),
                            cond_drop_prob=config.cond_drop_prob, low_discrepancy=config.low_discrepancy)
   step = ts.jit_train_step(host_input.scale_images_on_device(ts.make_train_step(
-      trainer.make_apply_fn(model), schedule, losses.get_loss(config.loss_type, schedule),
+      model_build.make_apply_fn(model), schedule, losses.get_loss(config.loss_type, schedule),
       config.parametrization, optimizer, step_cfg)), mesh)
-  init = lambda r: ts.create_train_state(trainer.init_params(model, config, num_channels, r), optimizer, r)
+  init = lambda r: ts.create_train_state(model_build.init_params(model, config, num_channels, r), optimizer, r)
   state = jax.jit(init, out_shardings=ts.replicated(mesh))(jax.random.PRNGKey(0))
   rng = np.random.default_rng(0)
   res, b = config.image_res, config.batch_size
@@ -342,12 +344,13 @@ def time_sampler(config, num_samples, num_channels=3):
   """Seconds of one call of the config's sampler (after a compiling call) on the first device."""
   import jax
   import jax.numpy as jnp
-  from sid2 import trainer
-  model = trainer.build_model(config, num_channels)
-  params = jax.jit(lambda r: trainer.init_params(model, config, num_channels, r))(jax.random.PRNGKey(0))
-  sample = trainer.make_sample_fn(model, config, num_samples, num_channels)
+  from sid2 import sample_fns
+  from sid2.models import build as model_build
+  model = model_build.build_model(config, num_channels)
+  params = jax.jit(lambda r: model_build.init_params(model, config, num_channels, r))(jax.random.PRNGKey(0))
+  sample = sample_fns.make_sample_fn(model, config, num_samples, num_channels)
   labels = jnp.arange(num_samples, dtype=jnp.int32) % max(config.model.get('num_classes', 0), 1)
-  args = trainer.guidance_args(config)
+  args = sample_fns.guidance_args(config)
   sample(params, jax.random.PRNGKey(1), labels, *args).block_until_ready()
   t = time.perf_counter()
   sample(params, jax.random.PRNGKey(2), labels, *args).block_until_ready()

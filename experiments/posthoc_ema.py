@@ -24,6 +24,7 @@ import orbax.checkpoint as ocp
 from absl import flags
 
 from experiments import cli
+from sid2 import checkpoint as ckpt_lib
 from sid2 import posthoc_ema as lib
 from sid2 import restore
 from sid2 import trainer
@@ -123,7 +124,7 @@ def write_workdir(src_workdir: str, dst: str, params, info: dict) -> str:
   with open(os.path.join(dst, 'posthoc.json'), 'w') as f:
     json.dump(dict(info, source_workdir=os.path.abspath(src_workdir)), f, indent=2)
   manager = ocp.CheckpointManager(restore.checkpoint_dir(dst), options=ocp.CheckpointManagerOptions(create=True),
-                                  item_names=('state', 'data'))
+                                  handler_registry=ckpt_lib.handler_registry())
   state = dict(ema_params=params, step=np.asarray(info['step'], np.int32))
   manager.save(info['step'], args=ocp.args.Composite(
       state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(dict(posthoc_ema=True))))

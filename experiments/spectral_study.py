@@ -244,14 +244,15 @@ def score_run(config, workdir, size, reals, real_features, feature_fn, codec, he
   """FD, precision/recall, ε-MSE split for one finished run."""
   import jax
   import jax.numpy as jnp
-  from sid2 import restore, trainer
+  from sid2 import restore, sample_fns
+  from sid2.models import build as model_build
   from sid2.eval import fd, features as features_lib
   from spectral import metrics
   r = restore.load(workdir)
-  model = trainer.build_model(config, r.num_channels)
+  model = model_build.build_model(config, r.num_channels)
   n, chunk = size['fd_n'], min(size['fd_n'], 500)
-  sample_fn = trainer.make_sample_fn(model, config, chunk, r.num_channels)
-  guidance = trainer.guidance_args(config)
+  sample_fn = sample_fns.make_sample_fn(model, config, chunk, r.num_channels)
+  guidance = sample_fns.guidance_args(config)
   num_classes = config.model.get('num_classes', 0)
   out = []
   t0 = time.time()
@@ -279,9 +280,9 @@ def score_run(config, workdir, size, reals, real_features, feature_fn, codec, he
 
 def arm_cost(config, num_channels):
   """(parameters, MACs of one denoising step) from XLA's cost analysis (spectral.cost)."""
-  from sid2 import trainer
+  from sid2.models import build as model_build
   from spectral import cost
-  model = trainer.build_model(config, num_channels)
+  model = model_build.build_model(config, num_channels)
   return cost.macs_per_step(model, config.image_res, num_channels)
 
 

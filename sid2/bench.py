@@ -5,7 +5,7 @@ sampler-vs-network measurement (SPEC §6, §7).
 `benchmark_sampler(config, N, S, channels, repeats)` times, after one warm-up (compilation) run each, in
 `repeats` interleaved rounds (medians; fractions are medians of the per-round ratios), with
 block_until_ready, the config's model with random parameters (throughput does not depend on their values):
-  sampler      the trainer's jitted sampler (`sid2.restore.sample_fn` = `trainer.make_sample_fn`): N images,
+  sampler      the trainer's jitted sampler (`sid2.restore.sample_fn` = `sample_fns.make_sample_fn`): N images,
                S steps, with the config's guidance (inside the guidance interval a step runs the network
                once on the batch [z; z] of 2N with [labels; null labels], outside once on N)
   network      the same network calls without the sampler: one jitted lax.scan per batch size that applies
@@ -98,12 +98,13 @@ def benchmark_sampler(config, num_samples: int, num_steps: int, num_channels: in
   """Runs the four measurements of the module docstring; returns a dict of results."""
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  from sid2 import restore, samplers, sampling, schedules, trainer  # pylint: disable=g-import-not-at-top
+  from sid2 import restore, samplers, sample_fns, sampling, schedules  # pylint: disable=g-import-not-at-top
   config = restore.override_sampler(config, num_steps=num_steps)
   n, res = num_samples, config.image_res
   num_classes = int(config.model.get('num_classes', 0) or 0)
-  model = trainer.build_model(config, num_channels)
-  params = jax.jit(lambda r: trainer.init_params(model, config, num_channels, r))(jax.random.PRNGKey(0))
+  from sid2.models import build as model_build  # pylint: disable=g-import-not-at-top
+  model = model_build.build_model(config, num_channels)
+  params = jax.jit(lambda r: model_build.init_params(model, config, num_channels, r))(jax.random.PRNGKey(0))
   num_params = sum(x.size for x in jax.tree.leaves(params))
   n_guided = int(np.sum(guided_mask(config, num_steps)))
   n_plain = num_steps - n_guided
@@ -112,7 +113,7 @@ def benchmark_sampler(config, num_samples: int, num_steps: int, num_channels: in
   # 1. The full sampler.
   sample = restore.sample_fn(config, n, num_channels)
   labels = jnp.arange(n, dtype=jnp.int32) % max(num_classes, 1)
-  g_args = trainer.guidance_args(config)
+  g_args = sample_fns.guidance_args(config)
   rng = jax.random.PRNGKey(1)
   run_sampler = lambda: sample(params, rng, labels, *g_args).block_until_ready()
 

@@ -2,6 +2,12 @@
 
 A checkpoint holds `state` (the TrainState pytree: params, EMA, optimizer state, step, RNG, counters) and
 `data` (the input pipeline's position as JSON). Nothing is pickled.
+
+The managers name the two items with orbax's current API, a `handler_registry` (`handler_registry()`: which
+handler saves and restores each item for which `ocp.args` type), and save / restore them with
+`ocp.args.Composite`; the deprecated `item_names=` / `item_handlers=` are not used. The files on disk are
+the same (`<step>/state`, `<step>/data`, `_CHECKPOINT_METADATA`), so checkpoints written by managers made with
+`item_names=('state', 'data')` restore unchanged (tests/test_checkpoint.py).
 """
 from __future__ import annotations
 
@@ -11,6 +17,23 @@ from typing import Any, Optional, Tuple
 
 import jax
 import orbax.checkpoint as ocp
+
+
+def handler_registry(raw_state: bool = False):
+  """An orbax handler registry for the two items: `state` with the standard handler (StandardSave /
+  StandardRestore) or, raw_state=True, the PyTree handler (PyTreeSave / PyTreeRestore, e.g. to read a sub-tree
+  of a TrainState by its metadata); `data` as JSON."""
+  registry = ocp.handlers.DefaultCheckpointHandlerRegistry()
+  if raw_state:
+    state, state_args = ocp.PyTreeCheckpointHandler(), (ocp.args.PyTreeSave, ocp.args.PyTreeRestore)
+  else:
+    state, state_args = ocp.StandardCheckpointHandler(), (ocp.args.StandardSave, ocp.args.StandardRestore)
+  data = ocp.JsonCheckpointHandler()
+  for args in state_args:
+    registry.add('state', args, state)
+  for args in (ocp.args.JsonSave, ocp.args.JsonRestore):
+    registry.add('data', args, data)
+  return registry
 
 
 def abstract_like(tree):
@@ -34,7 +57,7 @@ class Checkpointer:
     self.directory = os.path.abspath(directory)
     options = ocp.CheckpointManagerOptions(preservation_policy=preservation_policy(keep, keep_every),
                                            create=True, enable_async_checkpointing=async_save)
-    self.manager = ocp.CheckpointManager(self.directory, options=options, item_names=('state', 'data'))
+    self.manager = ocp.CheckpointManager(self.directory, options=options, handler_registry=handler_registry())
 
   def all_steps(self):
     return sorted(self.manager.all_steps())
@@ -64,6 +87,12 @@ class Checkpointer:
         logging.warning('checkpoint at step %d could not be restored (%s: %s); trying the previous one',
                         step, type(e).__name__, e)
     return None
+
+  def reached_preemption(self, step: int) -> bool:
+    """True at the same step on every process once any process of a multi-process run got a preemption
+    notice (SIGTERM, caught by jax's preemption service): orbax's `reached_preemption`, jax's preemption sync
+    point. Call it at every step on every process. False without `jax.distributed` (single-process runs)."""
+    return bool(self.manager.reached_preemption(step))
 
   def wait(self):
     self.manager.wait_until_finished()

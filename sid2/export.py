@@ -22,13 +22,13 @@ checkpoint of the same architecture and the file stays small:
   sample = load_sampler('export/')           # or the .jaxexport path
   params, config = load('export/')
   images = sample(params, rng=0, labels=None, guidance=1.0, interval=(-3.0, 5.0))  # [N, H, W, C]
-It computes `sid2.trainer.make_sample_fn(...)(params, rng, labels, guidance, lo, hi)` (SPEC §6, §7): bitwise
+It computes `sid2.sample_fns.make_sample_fn(...)(params, rng, labels, guidance, lo, hi)` (SPEC §6, §7): bitwise
 the same samples for the same key when lowered for one platform (e.g. `platforms=('cpu',)` on CPU); lowered
 for several (the default) the module dispatches on the platform, which changes XLA's fusion, and the samples
 agree to float rounding (max abs difference 1.8e-7 in tests/test_sample_export.py).
 
 An autoguided export (SiD2 B.5; `export_workdir(..., guide_workdir=...)`) computes
-`sid2.trainer.make_autoguided_sample_fn(...)((params, guide_params), rng, labels, guidance, lo, hi)`: its first
+`sid2.sample_fns.make_autoguided_sample_fn(...)((params, guide_params), rng, labels, guidance, lo, hi)`: its first
 argument is the pair, and the guide's parameters ship beside the model's:
   guide_params, guide_config = load_guide('export/')
   images = sample(params, rng=0, guidance=1.0, guide_params=guide_params)   # w is required: no default

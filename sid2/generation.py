@@ -13,7 +13,7 @@ replicated). On several processes every host runs the same loop; the global inde
 sharding, so each host computes and receives only the samples of its own devices (`local_rows`).
 
 Autoguidance (SiD2 B.5): settings with a `guide` ({workdir, step, params_sha256}; `sampling.GuideSettings`)
-sample with `trainer.make_autoguided_sample_fn`, whose parameters are the pair (model, guide), both
+sample with `sample_fns.make_autoguided_sample_fn`, whose parameters are the pair (model, guide), both
 replicated. `resolve_settings` checks the guide's config against the model's (`restore.check_guide`), and
 `prepare` checks the restored channel counts and the recorded guide sha256 before anything is sampled.
 """
@@ -225,7 +225,7 @@ def _generate_fn(key, mesh, guide_key=None):
   guide_key: autoguidance (`restore._guide_key` of the guide's config); params is then (params, guide)."""
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  # The trainer's 1-sample sampler (autoguided: both models in it).
+  # The 1-sample sampler of sample_fns (autoguided: both models in it).
   one = (restore._cached_sample_fn(*key) if guide_key is None  # pylint: disable=protected-access
          else restore._cached_autoguided_sample_fn(*key, guide_key))  # pylint: disable=protected-access
 

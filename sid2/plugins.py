@@ -1,7 +1,7 @@
 """Packages that extend sid2, named by the config and imported by one loader (`load_plugins`).
 
 A plugin is any importable module that registers things when imported: models (`sid2.models.register_model`),
-datasets (`sid2.data.register_dataset`), auxiliary losses (`sid2.trainer.register_aux_loss`), samplers,
+datasets (`sid2.data.register_dataset`), auxiliary losses (`sid2.aux_losses.register_aux_loss`), samplers,
 schedules or weightings. A config names its plugins in the optional top-level field
 `plugins = ('spectral',)`; every entry point calls `load_plugins(config)` before it builds anything, so no
 entry point imports a plugin by hand, and sid2 never imports one at module level.

@@ -5,7 +5,7 @@ Workdir layout: see `sid2.trainer` (`config.json` + orbax `checkpoints/<step>/{s
 Only the `ema_params` subtree of the saved TrainState is read (orbax `PyTreeRestore(partial_restore=True)`):
 no optimizer state is built or loaded, so this works whatever optimizer trained the run and needs a third
 of the memory of a full restore. The restore target is exact: the model is initialised abstractly
-(`jax.eval_shape` of `trainer.init_params`) from the config, and its shapes and dtypes are checked against
+(`jax.eval_shape` of `models.build.init_params`) from the config, and its shapes and dtypes are checked against
 the checkpoint's metadata before anything is read. As in the trainer, a checkpoint that cannot be read
 (corrupt, partial) is skipped with a warning and the previous one is used.
 
@@ -25,9 +25,12 @@ import jax
 import ml_collections
 import orbax.checkpoint as ocp
 
+from sid2 import checkpoint as ckpt_lib
 from sid2 import models
 from sid2 import plugins
+from sid2 import sample_fns
 from sid2 import sampling
+from sid2.models import build as model_build
 
 # Channel counts tried, in order, when neither the config (`num_channels`) nor the dataset name gives it.
 CHANNEL_CANDIDATES = (1, 3, 4, 2)
@@ -87,10 +90,9 @@ def check_model_registered(config):
 
 def abstract_params(config, num_channels: int, sharding=None):
   """ShapeDtypeStructs of the model's parameters for `config` (model init under `jax.eval_shape`)."""
-  from sid2 import trainer  # the building blocks live there; imported late to keep this module light
   check_model_registered(config)
-  model = trainer.build_model(config, num_channels)
-  shapes = jax.eval_shape(functools.partial(trainer.init_params, model, config, num_channels),
+  model = model_build.build_model(config, num_channels)
+  shapes = jax.eval_shape(functools.partial(model_build.init_params, model, config, num_channels),
                           jax.random.PRNGKey(0))
   return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding), shapes)
 
@@ -135,9 +137,8 @@ def resolve_num_channels(config, stored: dict) -> int:
 def _manager(workdir: str):
   """A read-only orbax manager over `<workdir>/checkpoints` that reads the `state` item as a raw PyTree."""
   options = ocp.CheckpointManagerOptions(create=False, read_only=True)
-  return ocp.CheckpointManager(checkpoint_dir(workdir), options=options, item_names=('state', 'data'),
-                               item_handlers={'state': ocp.PyTreeCheckpointHandler(),
-                                              'data': ocp.JsonCheckpointHandler()})
+  return ocp.CheckpointManager(checkpoint_dir(workdir), options=options,
+                               handler_registry=ckpt_lib.handler_registry(raw_state=True))
 
 
 def _restore_ema(manager, step: int, config, sharding) -> Tuple[Any, int]:
@@ -234,13 +235,13 @@ def _guide_key(guide_config) -> str:
 
 @functools.lru_cache(maxsize=8)
 def _cached_sample_fn(key, num_samples, num_channels):
-  from sid2 import trainer
   config = ml_collections.ConfigDict(json.loads(key))
-  return trainer.make_sample_fn(trainer.build_model(config, num_channels), config, num_samples, num_channels)
+  return sample_fns.make_sample_fn(model_build.build_model(config, num_channels), config, num_samples,
+                                   num_channels)
 
 
 def sample_fn(config, num_samples: int, num_channels: int):
-  """`trainer.make_sample_fn` for these settings, cached: `fn(params, rng, labels, guidance, lo, hi)`.
+  """`sample_fns.make_sample_fn` for these settings, cached: `fn(params, rng, labels, guidance, lo, hi)`.
 
   The same settings give the same jitted function object, so repeated commands in one process (tests,
   notebooks, chunks) compile once. Only the model, schedule, parametrisation and sampler fields matter.
@@ -250,16 +251,15 @@ def sample_fn(config, num_samples: int, num_channels: int):
 
 @functools.lru_cache(maxsize=8)
 def _cached_autoguided_sample_fn(key, num_samples, num_channels, guide_key):
-  from sid2 import trainer
   config = ml_collections.ConfigDict(json.loads(key))
   guide_config = ml_collections.ConfigDict(json.loads(guide_key))
-  return trainer.make_autoguided_sample_fn(trainer.build_model(config, num_channels),
-                                           trainer.build_model(guide_config, num_channels), config,
-                                           guide_config, num_samples, num_channels)
+  return sample_fns.make_autoguided_sample_fn(model_build.build_model(config, num_channels),
+                                              model_build.build_model(guide_config, num_channels), config,
+                                              guide_config, num_samples, num_channels)
 
 
 def autoguided_sample_fn(config, guide_config, num_samples: int, num_channels: int):
-  """`trainer.make_autoguided_sample_fn` for these settings, cached like `sample_fn`:
+  """`sample_fns.make_autoguided_sample_fn` for these settings, cached like `sample_fn`:
   `fn((params, guide_params), rng, labels, guidance, lo, hi)`. Check the pair with `check_guide` first."""
   return _cached_autoguided_sample_fn(*_sampler_key(config, num_samples, num_channels), _guide_key(guide_config))
 

@@ -121,7 +121,7 @@ class SamplerSettings:
     return self.guidance_interval or (-math.inf, math.inf)
 
   def guidance_args(self) -> tuple:
-    """(w, lo, hi) as float32 scalars, the traced guidance arguments of `trainer.make_sample_fn` (SPEC §7)."""
+    """(w, lo, hi) as float32 scalars, the traced guidance arguments of `sample_fns.make_sample_fn` (SPEC §7)."""
     import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
     lo, hi = self.interval_bounds()
     return jnp.float32(self.guidance), jnp.float32(lo), jnp.float32(hi)

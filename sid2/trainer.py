@@ -10,14 +10,13 @@
 """
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import math
 import os
 import signal
 import time
-from typing import Any, Optional
+from typing import Optional
 
 import jax
 import jax.numpy as jnp
@@ -25,172 +24,24 @@ import ml_collections
 import numpy as np
 from clu import metric_writers
 
+from sid2 import aux_losses
 from sid2 import checkpoint as ckpt_lib
 from sid2 import config_lib
 from sid2 import data as data_lib
-from sid2 import guidance as guidance_lib
 from sid2 import host_input
 from sid2 import losses
-from sid2 import models
-from sid2 import parametrization as param_lib
-from sid2 import registry
-from sid2 import samplers
+from sid2 import sample_fns
 from sid2 import sampling
 from sid2 import schedules
 from sid2 import sharding as sharding_lib
 from sid2 import train_clock as clock_lib
 from sid2 import train_step as ts
 from sid2.images import save_image_grid, image_grid
+from sid2.models import build as model_build
 
 
 class NonFiniteError(RuntimeError):
   """Raised when too many updates in a row had a non-finite loss or gradient."""
-
-
-# Auxiliary losses chosen by `config.distill.name` (other packages register theirs; sid2 imports none):
-# builder(config, model, num_channels) -> (apply_fn returning (output, features), aux_loss_fn, frozen pytree).
-AUX_LOSS_REGISTRY = registry.Registry('aux loss', field='distill.name')
-AUX_LOSSES = AUX_LOSS_REGISTRY.entries
-
-
-def register_aux_loss(name, builder=None):
-  """Registers an auxiliary-loss builder (e.g. spectral's distillation) under `config.distill.name` (without
-  `builder`: a decorator). Re-registering the same builder is a no-op."""
-  return AUX_LOSS_REGISTRY.register(name, builder)
-
-
-def build_aux_loss(config, model, num_channels):
-  """(apply_fn, aux_loss_fn, frozen) for `config.distill`, or (None, None, None) without one."""
-  distill = config.get('distill', None)
-  if distill is None or not distill.get('name', ''):
-    return None, None, None
-  if distill.name not in AUX_LOSSES:
-    raise ValueError(f'config field distill.name={distill.name!r} is not registered; allowed: '
-                     f'{sorted(AUX_LOSSES)} (import the package that provides it, e.g. spectral)')
-  return AUX_LOSSES[distill.name](config, model, num_channels)
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Building blocks, each usable on its own (notebooks, export, evaluation).
-
-def build_model(config, num_channels):
-  return models.get_model(config.model, image_res=config.image_res, num_channels=num_channels)
-
-
-def make_apply_fn(model):
-  """apply_fn(params, z, logsnr, labels, train, rng) in the form the train step expects."""
-  def apply_fn(params, z, logsnr, labels, train, rng):
-    return model.apply({'params': params}, z, logsnr, labels, train=train, rngs={'dropout': rng})
-  return apply_fn
-
-
-def frames_per_example(model, config):
-  """Frames per example T for a video model (one with a `num_frames` field, e.g. 'uvit_video'): the
-  config's top-level `num_frames`, else the model's; 0 for image models."""
-  model_frames = getattr(model, 'num_frames', 0) or 0
-  frames = config.get('num_frames', 0) or model_frames
-  if frames and not model_frames:
-    raise ValueError(f'config field num_frames={frames} is set but model.name={config.model.name!r} is not a '
-                     "video model (a model with a num_frames field, e.g. 'uvit_video')")
-  return frames
-
-
-def example_shape(model, config, num_channels):
-  """Shape of one example: [H, W, C] for image models, [T, H, W, C] for video models."""
-  frames = frames_per_example(model, config)
-  return ((frames,) if frames else ()) + (config.image_res, config.image_res, num_channels)
-
-
-def check_data_frames(model, config, ds):
-  """ValueError unless the dataset yields what the model takes: videos of T frames or images."""
-  frames, data_frames = frames_per_example(model, config), getattr(ds, 'num_frames', 0) or 0
-  if frames != data_frames:
-    what = lambda t: f'videos of {t} frames' if t else 'images'
-    raise ValueError(f'dataset.name={config.dataset.name!r} yields {what(data_frames)} but model.name='
-                     f'{config.model.name!r} takes {what(frames)} (config fields num_frames, '
-                     'dataset.num_frames, model.num_frames)')
-
-
-def check_data_classes(config, ds):
-  """ValueError when a class-conditional model has fewer classes than the dataset's labels use."""
-  model_classes, data_classes = config.model.get('num_classes', 0), getattr(ds, 'num_classes', 0) or 0
-  if model_classes and data_classes > model_classes:
-    raise ValueError(f'dataset.name={config.dataset.name!r} has {data_classes} classes but model.num_classes='
-                     f'{model_classes}; set config field model.num_classes={data_classes} (or 0: unconditional)')
-
-
-def init_params(model, config, num_channels, rng):
-  z = jnp.zeros((1,) + example_shape(model, config, num_channels), jnp.float32)
-  labels = jnp.zeros((1,), jnp.int32) if config.model.get('num_classes', 0) else None
-  return model.init({'params': rng, 'dropout': rng}, z, jnp.zeros((1,)), labels, train=False)['params']
-
-
-def make_x_pred(model, parametrization):
-  """x_pred(params, z, logsnr, labels) -> x_hat for samplers (SPEC §2, §12)."""
-  def x_pred(params, z, logsnr, labels):
-    out = model.apply({'params': params}, z, logsnr, labels, train=False).astype(jnp.float32)
-    return param_lib.to_x_eps(out, z, logsnr, parametrization)[0]
-  return x_pred
-
-
-def make_sample_fn(model, config, num_samples, num_channels, embedding_labels=False):
-  """A jitted `sample(params, rng, labels, guidance, lo, hi) -> images` from the config's sampler settings.
-
-  Guidance strength and interval are traced: changing them does not recompile (SPEC §7).
-  embedding_labels: labels are conditioning embeddings (e.g. text [N, S, D]) and the unconditional branch
-  is the model called with labels=None (its own null context).
-  """
-  settings = sampling.SamplerSettings.from_config(config.sampler)
-  schedule = schedules.get_schedule(config.schedule, image_res=config.image_res)
-  loop = samplers.sample_loop_fn((num_samples,) + example_shape(model, config, num_channels), schedule,
-                                 **settings.loop_kwargs())
-  x_pred = make_x_pred(model, config.parametrization)
-  num_classes = config.model.get('num_classes', 0)
-
-  def sample(params, rng, labels, guidance, lo, hi):
-    if embedding_labels:
-      fn = guidance_lib.guided_x_pred_fn(lambda z, logsnr: x_pred(params, z, logsnr, labels),
-                                         lambda z, logsnr: x_pred(params, z, logsnr, None), guidance, (lo, hi))
-    elif num_classes:
-      fn = guidance_lib.class_guided_x_pred_fn(functools.partial(x_pred, params), labels, num_classes,
-                                               guidance, (lo, hi))
-    else:
-      fn = lambda z, logsnr: x_pred(params, z, logsnr, None)
-    return loop(fn, rng)
-  return jax.jit(sample)
-
-
-def make_autoguided_sample_fn(model, guide_model, config, guide_config, num_samples, num_channels):
-  """A jitted `sample((params, guide_params), rng, labels, guidance, lo, hi) -> images` with autoguidance
-  (SPEC §7; SiD2 B.5): x = x_good + w (x_good - x_bad) inside (lo, hi), x_good elsewhere.
-
-  The sampler loop, schedule and example shape are `config`'s (the guide must agree on them:
-  `restore.check_guide`); x_bad is `guide_model` with `guide_params`, in `guide_config`'s parametrisation,
-  evaluated at the same z_t, logSNR and labels (None for unconditional models) as x_good. There is no
-  classifier-free guidance here: both predictions are conditional. A guide equal to the model gives the
-  unguided samples for any w (x_good - x_bad = 0).
-  """
-  settings = sampling.SamplerSettings.from_config(config.sampler)
-  schedule = schedules.get_schedule(config.schedule, image_res=config.image_res)
-  loop = samplers.sample_loop_fn((num_samples,) + example_shape(model, config, num_channels), schedule,
-                                 **settings.loop_kwargs())
-  x_good = make_x_pred(model, config.parametrization)
-  x_bad = make_x_pred(guide_model, guide_config.parametrization)
-  conditional = bool(config.model.get('num_classes', 0))
-
-  def sample(params_pair, rng, labels, guidance, lo, hi):
-    params, guide_params = params_pair
-    cond = labels if conditional else None
-    fn = guidance_lib.autoguided_x_pred_fn(lambda z, logsnr: x_good(params, z, logsnr, cond),
-                                           lambda z, logsnr: x_bad(guide_params, z, logsnr, cond),
-                                           guidance, (lo, hi))
-    return loop(fn, rng)
-  return jax.jit(sample)
-
-
-def guidance_args(config):
-  """(w, lo, hi) float32 of the config's guidance (SPEC §7); see `sampling.SamplerSettings.guidance_args`."""
-  return sampling.SamplerSettings.from_config(config.sampler).guidance_args()
 
 
 def write_loss_vs_logsnr(path, step, sums, mse_sums, counts):
@@ -204,13 +55,21 @@ def write_loss_vs_logsnr(path, step, sums, mse_sums, counts):
 
 
 class _Preemption:
-  """Sets a flag on SIGTERM so the loop saves a checkpoint and exits cleanly."""
+  """Sets a flag on SIGTERM so the loop saves a checkpoint and exits cleanly (single-process runs).
 
-  def __init__(self):
+  install=False leaves SIGTERM alone: in a multi-process run jax's preemption service catches it, and every
+  process stops at the same step when `Checkpointer.reached_preemption` says so (a per-process flag would stop
+  one host alone, mid-collective).
+  """
+
+  def __init__(self, install: bool = True):
     self.requested = False
     self._old = None
+    self._install = install
 
   def __enter__(self):
+    if not self._install:
+      return self
     try:
       self._old = signal.signal(signal.SIGTERM, self._handle)
     except ValueError:  # not the main thread
@@ -265,9 +124,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, stop_
     saved.num_channels = ds.num_channels  # so a workdir restores without its dataset
     with open(os.path.join(workdir, 'config.json'), 'w') as f:
       f.write(saved.to_json_best_effort(indent=2))
-  model = build_model(config, ds.num_channels)
-  check_data_frames(model, config, ds)  # videos [T, H, W, C] for video models, else images
-  check_data_classes(config, ds)
+  model = model_build.build_model(config, ds.num_channels)
+  model_build.check_data_frames(model, config, ds)  # videos [T, H, W, C] for video models, else images
+  model_build.check_data_classes(config, ds)
   schedule = schedules.get_schedule(config.schedule, image_res=config.image_res)
   loss_fn = losses.parse_loss(config.loss_type).loss_fn(schedule)
   optimizer, lr_fn = ts.make_optimizer(config.optimizer, config.total_steps)
@@ -275,17 +134,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, stop_
                            cond_drop_prob=config.cond_drop_prob, low_discrepancy=config.low_discrepancy,
                            grad_accum_steps=config.get('grad_accum_steps', 1),
                            power_ema_gammas=power_ema_gammas(config))
-  aux_apply_fn, aux_loss_fn, frozen = build_aux_loss(config, model, ds.num_channels)
+  aux_apply_fn, aux_loss_fn, frozen = aux_losses.build_aux_loss(config, model, ds.num_channels)
   rng = jax.random.PRNGKey(config.seed)
   init_rng, state_rng, sample_rng = jax.random.split(rng, 3)
-  init_state = lambda r: ts.create_train_state(init_params(model, config, ds.num_channels, r), optimizer,
+  init_state = lambda r: ts.create_train_state(model_build.init_params(model, config, ds.num_channels, r), optimizer,
                                                state_rng, num_power_emas=len(step_cfg.power_ema_gammas))
   # Shardings from shapes alone: the state is created already split (a model too big for one device never
   # exists whole), and checkpoints restore into the same layout (`abstract_like` keeps the shardings).
   state_sharding = sharding_lib.state_shardings(jax.eval_shape(init_state, init_rng), mesh,
                                                 config.get('mesh', None))
   train_step = ts.jit_train_step(host_input.scale_images_on_device(
-      ts.make_train_step(aux_apply_fn or make_apply_fn(model), schedule, loss_fn, config.parametrization,
+      ts.make_train_step(aux_apply_fn or model_build.make_apply_fn(model), schedule, loss_fn, config.parametrization,
                          optimizer, step_cfg, aux_loss_fn)), mesh, state_sharding=state_sharding)
   frozen = jax.device_put(frozen, ts.replicated(mesh)) if frozen is not None else None
   state = jax.jit(init_state, out_shardings=state_sharding)(init_rng)
@@ -316,7 +175,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, stop_
   # Text-conditioned data: samples are conditioned on the first dataset rows' embeddings.
   sample_text = ds.extra_rows('text', num_samples) if getattr(ds, 'has_extra', lambda k: False)('text') \
       and num_samples > 0 else None
-  sample_fn = make_sample_fn(model, config, num_samples, ds.num_channels,
+  sample_fn = sample_fns.make_sample_fn(model, config, num_samples, ds.num_channels,
                              embedding_labels=sample_text is not None) if num_samples > 0 else None
   sample_labels = jnp.arange(num_samples, dtype=jnp.int32) % max(step_cfg.num_classes, 1)
   if sample_text is not None:
@@ -326,7 +185,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, stop_
     if num_samples <= 0:
       return
     images = np.asarray(jax.device_get(
-        sample_fn(state.ema_params, sample_rng, sample_labels, *guidance_args(config))))
+        sample_fn(state.ema_params, sample_rng, sample_labels, *sample_fns.guidance_args(config))))
     if is_main:
       save_image_grid(images, os.path.join(workdir, 'samples', f'step_{step}.png'))
       writer.write_images(step, {'samples': image_grid(images)[None]})
@@ -359,8 +218,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, stop_
     end_step = start_step
   # The next batches are read and copied to the devices on a thread while the step runs (sid2.host_input).
   fetch = lambda s: (ts.global_batch(ds.next_batch(s), mesh), ds.get_state())
-  with _Preemption() as preempt, host_input.Prefetcher(fetch, start_step, end_step,
-                                                       config.get('prefetch_batches', 2)) as prefetch:
+  # SIGTERM: on one process our flag; on several, the step all processes agree on (ckpt.reached_preemption).
+  preemption = _Preemption(install=jax.process_count() == 1)
+  with preemption as preempt, host_input.Prefetcher(fetch, start_step, end_step,
+                                                    config.get('prefetch_batches', 2)) as prefetch:
     for step in range(start_step, end_step):
       if profile and step == profile[0] and is_main:
         jax.profiler.start_trace(os.path.join(workdir, 'profile'))  # TensorBoard's profile plugin reads it
@@ -399,7 +260,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, stop_
         save(done)
       if done % config.eval_every == 0 or done == config.total_steps:
         evaluate(done)
-      if preempt.requested:
+      if preempt.requested or ckpt.reached_preemption(done):
         save(done)
         break
       if out_of_time(done):

@@ -9,7 +9,8 @@ L = L_diffusion + λ_s L_spatial + λ_f L_freq over taps P ⊆ {output, feat-up1
 The teacher is frozen (its EMA parameters come in as the train step's `frozen` pytree and its forward runs
 under stop_gradient inside the same jitted step). The student's Π_i are its own parameters (`proj_taps`).
 
-`build_spectral_distillation` is registered with sid2's trainer as `config.distill.name = 'spectral'`.
+`build_spectral_distillation` is registered with sid2's aux-loss registry (`sid2.aux_losses`) as
+`config.distill.name = 'spectral'`.
 """
 from __future__ import annotations
 
@@ -21,10 +22,11 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from sid2 import aux_losses
 from sid2 import checkpoint as ckpt_lib
 from sid2 import models
 from sid2 import train_step as ts
-from sid2 import trainer
+from sid2.models import build as model_build
 from spectral import unet as unet_lib
 
 DISTILL_DEFAULTS = dict(
@@ -191,7 +193,7 @@ def restore_ema_params(workdir, config, model, num_channels, step=0):
   optimizer, _ = ts.make_optimizer(config.optimizer, config.total_steps)
 
   def fresh_state(rng):
-    params = trainer.init_params(model, config, num_channels, rng)
+    params = model_build.init_params(model, config, num_channels, rng)
     return ts.create_train_state(params, optimizer, rng)
 
   rep = ts.replicated(ts.make_mesh())
@@ -317,4 +319,4 @@ def check_teacher_pin(workdir, step, params, fields):
   return digest
 
 
-trainer.register_aux_loss('spectral', build_spectral_distillation)
+aux_losses.register_aux_loss('spectral', build_spectral_distillation)

@@ -11,7 +11,7 @@ from sid2 import losses
 from sid2 import models
 from sid2 import schedules
 from sid2 import train_step as ts
-from sid2 import trainer
+from sid2.models import build as model_build
 
 # bf16 has an 8-bit mantissa (relative rounding 2^-9 = 0.2% per op); through a few layers and a mean over the
 # batch the loss moves by well under 1%. Stated tolerance: 1% relative, and the bf16 loss must not equal f32.
@@ -23,11 +23,11 @@ TINY = dict(name='uvit', channels=(16, 32), enc_blocks=(1, 1), dec_blocks=(1, 1)
 def _loss(dtype):
   model = models.get_model(ml_collections.ConfigDict(dict(TINY, dtype=dtype)), image_res=16, num_channels=3)
   schedule = schedules.get_schedule('cosine', image_res=16)
-  params = trainer.init_params(model, ml_collections.ConfigDict(dict(image_res=16, model=dict(TINY))), 3,
+  params = model_build.init_params(model, ml_collections.ConfigDict(dict(image_res=16, model=dict(TINY))), 3,
                                jax.random.PRNGKey(0))
   # Non-zero output layers (they are zero-initialised) so that the network's bf16 rounding reaches the loss.
   params = jax.tree.map(lambda p: p + 0.05 * jax.random.normal(jax.random.PRNGKey(p.size), p.shape), params)
-  objective = ts.make_loss_fn(trainer.make_apply_fn(model), schedule, losses.get_loss('sigmoid:2', schedule),
+  objective = ts.make_loss_fn(model_build.make_apply_fn(model), schedule, losses.get_loss('sigmoid:2', schedule),
                               'v', ts.StepConfig(num_classes=4, cond_drop_prob=0.0))
   x = jax.random.uniform(jax.random.PRNGKey(1), (16, 16, 16, 3), minval=-1, maxval=1)
   batch = dict(image=x, label=jnp.arange(16) % 4)
@@ -56,7 +56,7 @@ def test_accelerator_suite_smoke_on_cpu():
   for name in benchmark.ACCELERATOR_CONFIGS:
     config, _ = benchmark.get_model_config(name)
     benchmark.smoke_model(config)
-    trainer.build_model(config, 3)
+    model_build.build_model(config, 3)
   lines = []
   out = benchmark.run_accelerator_suite(['imagenet128_small'], 32, 10, smoke=True, log=lines.append)
   assert [r['config'] for r in out['configs']] == ['imagenet128_small']

@@ -24,6 +24,7 @@ from experiments import sample as sample_cli
 from sid2 import export as export_lib
 from sid2 import generation
 from sid2 import restore
+from sid2 import sample_fns
 from sid2 import sampling
 from sid2 import trainer
 from tests.train_utils import tiny_config
@@ -143,7 +144,7 @@ def test_trainer_autoguided_sampler_closed_form_with_the_same_labels():
   labels (a label-dependent shift per model makes a wrong or missing conditioning visible)."""
   config = tiny_config(parametrization='x', **{'sampler.num_steps': 1, 'sampler.clip_x': 'none'})
   model, n, labels = _AffineModel(), 3, jnp.asarray([2, 0, 7], jnp.int32)
-  fn = trainer.make_autoguided_sample_fn(model, model, config, config, n, 1)
+  fn = sample_fns.make_autoguided_sample_fn(model, model, config, config, n, 1)
   good = dict(a=jnp.float32(0.5), b=jnp.arange(10, dtype=jnp.float32) / 10)
   bad = dict(a=jnp.float32(-0.25), b=jnp.arange(10, dtype=jnp.float32) ** 2 / 50)
   identity = dict(a=jnp.float32(1.0), b=jnp.zeros(10, jnp.float32))
@@ -161,7 +162,7 @@ def test_trainer_autoguided_sampler_closed_form_with_the_same_labels():
   # Unconditional: both models without labels.
   uncond = tiny_config(parametrization='x', **{'sampler.num_steps': 1, 'sampler.clip_x': 'none',
                                                'model.num_classes': 0})
-  fn_u = trainer.make_autoguided_sample_fn(model, model, uncond, uncond, n, 1)
+  fn_u = sample_fns.make_autoguided_sample_fn(model, model, uncond, uncond, n, 1)
   x_good_u, x_bad_u = 0.5 * z + 0.0, -0.25 * z + 0.0  # b[0] = 0 for both
   np.testing.assert_allclose(fn_u((good, bad), *args(1.5)), x_good_u + 1.5 * (x_good_u - x_bad_u), rtol=0,
                              atol=1e-5)

@@ -16,8 +16,8 @@ from configs import imagenet_common
 from sid2 import config_lib
 from sid2 import flops
 from sid2 import losses
-from sid2 import trainer
 from sid2 import weightings
+from sid2.models import build as model_build
 from sid2.models import uvit
 
 RESOLUTIONS = (512, 256, 128)
@@ -38,8 +38,8 @@ def built():
   out = {}
   for res, variant in NAMES:
     c = _config(res, variant)
-    model = trainer.build_model(c, 3)
-    params = jax.eval_shape(lambda r, m=model, c=c: trainer.init_params(m, c, 3, r), jax.random.PRNGKey(0))
+    model = model_build.build_model(c, 3)
+    params = jax.eval_shape(lambda r, m=model, c=c: model_build.init_params(m, c, 3, r), jax.random.PRNGKey(0))
     z = jax.ShapeDtypeStruct((2, res, res, 3), jnp.float32)
     logsnr = jax.ShapeDtypeStruct((2,), jnp.float32)
     labels = jax.ShapeDtypeStruct((2,), jnp.int32)
@@ -155,7 +155,7 @@ def test_no_dropout_on_the_highest_resolution_maps(res, variant):
   # Simple diffusion: no dropout on the highest-resolution feature maps actually present (the first used
   # level, channels[1] when drop_top_level), dropout from the next level down and in the transformer.
   c = _config(res, variant)
-  model = trainer.build_model(c, 3)
+  model = model_build.build_model(c, 3)
   levels = uvit.used_levels(c.model.channels, c.model.drop_top_level)
   assert model._drop(levels[0]) == 0.0
   assert all(model._drop(i) == c.model.dropout > 0 for i in levels[1:] + [len(c.model.channels)])

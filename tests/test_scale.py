@@ -10,18 +10,19 @@ import numpy as np
 import pytest
 
 from sid2 import config_lib, losses, posthoc_ema, schedules, trainer, train_step as ts
+from sid2.models import build as model_build
 from tests.train_utils import tiny_config, flat_params
 
 
 def _step_parts(config, grad_accum_steps, gammas=()):
-  model = trainer.build_model(config, 1)
+  model = model_build.build_model(config, 1)
   schedule = schedules.get_schedule(config.schedule, image_res=config.image_res)
   optimizer, _ = ts.make_optimizer(config.optimizer, config.total_steps)
   step_cfg = ts.StepConfig(ema_decay=0.9, num_classes=config.model.num_classes, cond_drop_prob=0.3,
                            grad_accum_steps=grad_accum_steps, power_ema_gammas=gammas)
-  step = ts.make_train_step(trainer.make_apply_fn(model), schedule, losses.get_loss(config.loss_type, schedule),
+  step = ts.make_train_step(model_build.make_apply_fn(model), schedule, losses.get_loss(config.loss_type, schedule),
                             config.parametrization, optimizer, step_cfg)
-  params = trainer.init_params(model, config, 1, jax.random.PRNGKey(0))
+  params = model_build.init_params(model, config, 1, jax.random.PRNGKey(0))
   state = ts.create_train_state(params, optimizer, jax.random.PRNGKey(1), num_power_emas=len(gammas))
   return jax.jit(step), state
 

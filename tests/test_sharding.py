@@ -24,6 +24,7 @@ if ROOT not in sys.path:
   sys.path.insert(0, ROOT)
 
 from sid2 import checkpoint as ckpt_lib, config_lib, sharding, trainer, train_step as ts  # noqa: E402
+from sid2.models import build as model_build  # noqa: E402
 from sid2.models import uvit  # noqa: E402
 from tests.train_utils import tiny_config, flat_params  # noqa: E402
 
@@ -61,9 +62,9 @@ def test_param_spec_rules():
 
 
 def _abstract_state(cfg):
-  model = trainer.build_model(cfg, 1)
+  model = model_build.build_model(cfg, 1)
   optimizer, _ = ts.make_optimizer(cfg.optimizer, cfg.total_steps)
-  init = lambda r: ts.create_train_state(trainer.init_params(model, cfg, 1, r), optimizer, r)
+  init = lambda r: ts.create_train_state(model_build.init_params(model, cfg, 1, r), optimizer, r)
   return jax.eval_shape(init, jax.random.PRNGKey(0))
 
 

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 import spectral  # noqa: F401  (registers the models and the 'spectral' aux loss)
-from sid2 import losses, models, schedules, trainer, train_step as ts
+from sid2 import aux_losses, losses, models, schedules, trainer, train_step as ts
+from sid2.models import build as model_build
 from spectral import distill, unet as unet_lib
 
 RES = 16
@@ -173,8 +174,8 @@ def test_builder_restores_teacher_and_one_distillation_step(teacher_run):
   config = tiny_config(STUDENT)
   config.distill = ml_collections.ConfigDict(distill.DISTILL_DEFAULTS)
   config.teacher_workdir = workdir
-  model = trainer.build_model(config, 1)
-  apply_fn, aux_loss_fn, frozen = trainer.build_aux_loss(config, model, 1)
+  model = model_build.build_model(config, 1)
+  apply_fn, aux_loss_fn, frozen = aux_losses.build_aux_loss(config, model, 1)
   # The frozen pytree is the teacher's EMA parameters of its latest checkpoint (step 2 = the final state).
   flat = lambda t: jax.tree_util.tree_leaves_with_path(jax.device_get(t))
   assert [k for k, _ in flat(frozen)] == [k for k, _ in flat(teacher_state.ema_params)]
@@ -222,44 +223,44 @@ def test_builder_restores_teacher_and_one_distillation_step(teacher_run):
 def test_builder_rejects_incompatible_teacher(teacher_run):
   workdir, _ = teacher_run
   base = dict(distill=ml_collections.ConfigDict(distill.DISTILL_DEFAULTS), teacher_workdir=workdir)
-  model = lambda cfg: trainer.build_model(cfg, 1)
+  model = lambda cfg: model_build.build_model(cfg, 1)
   cfg = tiny_config(STUDENT, parametrization='v', **base)
   with pytest.raises(ValueError, match='parametrization'):
-    trainer.build_aux_loss(cfg, model(cfg), 1)
+    aux_losses.build_aux_loss(cfg, model(cfg), 1)
   cfg = tiny_config(STUDENT, schedule='cosine', **base)
   with pytest.raises(ValueError, match='schedule'):
-    trainer.build_aux_loss(cfg, model(cfg), 1)
+    aux_losses.build_aux_loss(cfg, model(cfg), 1)
   cfg = tiny_config(dict(STUDENT, proj_taps=(), proj_channels=()), **base)
   with pytest.raises(ValueError, match='proj_taps'):
-    trainer.build_aux_loss(cfg, model(cfg), 1)
+    aux_losses.build_aux_loss(cfg, model(cfg), 1)
   cfg = tiny_config(dict(STUDENT, proj_channels=(6,)), **base)
   with pytest.raises(ValueError, match='proj_channels'):
-    trainer.build_aux_loss(cfg, model(cfg), 1)
+    aux_losses.build_aux_loss(cfg, model(cfg), 1)
   cfg = tiny_config(STUDENT, distill=base['distill'], teacher_workdir='')
   with pytest.raises(ValueError, match='teacher_workdir'):
-    trainer.build_aux_loss(cfg, model(cfg), 1)
+    aux_losses.build_aux_loss(cfg, model(cfg), 1)
   cfg = tiny_config(STUDENT, distill=base['distill'], teacher_workdir=workdir + '/nowhere')
   with pytest.raises(ValueError, match='teacher_workdir'):
-    trainer.build_aux_loss(cfg, model(cfg), 1)
+    aux_losses.build_aux_loss(cfg, model(cfg), 1)
 
 
 def test_teacher_is_pinned_by_step_and_sha256(teacher_run):
   from sid2 import export
   workdir, teacher_state = teacher_run
   digest = export.params_sha256(jax.device_get(teacher_state.ema_params))
-  model = lambda cfg: trainer.build_model(cfg, 1)
+  model = lambda cfg: model_build.build_model(cfg, 1)
 
   def cfg(**fields):
     return tiny_config(STUDENT, distill=ml_collections.ConfigDict(dict(distill.DISTILL_DEFAULTS, **fields)),
                        teacher_workdir=workdir)
   c = cfg(teacher_step=2, teacher_sha256=digest)
-  _, _, frozen = trainer.build_aux_loss(c, model(c), 1)
+  _, _, frozen = aux_losses.build_aux_loss(c, model(c), 1)
   assert export.params_sha256(jax.device_get(frozen)) == digest
   c = cfg(teacher_step=2, teacher_sha256='0' * 64)
   with pytest.raises(ValueError, match='distill.teacher_sha256'):
-    trainer.build_aux_loss(c, model(c), 1)
+    aux_losses.build_aux_loss(c, model(c), 1)
   c = cfg(teacher_step=7)
   with pytest.raises(ValueError, match=r'distill.teacher_step=7.*\[2\]'):
-    trainer.build_aux_loss(c, model(c), 1)
+    aux_losses.build_aux_loss(c, model(c), 1)
   with pytest.raises(ValueError, match='distill.teacher_sha256'):
     distill.resolve_distill_config(dict(name='spectral', teacher_sha256='abc'))

@@ -184,6 +184,34 @@ def test_sigterm_saves_and_exits_cleanly(tmp_path):
   assert len(steps) == 1 and 3 <= steps[0] < 100000, (steps, out[-2000:])
 
 
+def test_sigterm_to_one_of_two_processes_stops_both_at_the_same_step(tmp_path):
+  """Multi-host preemption: SIGTERM to one process only; jax's preemption sync point (orbax's
+  `reached_preemption`) makes both save the same step and exit cleanly."""
+  import signal
+  import time
+  workdir = tmp_path / 'mh_term'
+  port = _free_port()
+  procs = [_run_worker(['--workdir', str(workdir), '--steps', '100000', '--checkpoint_every', '100000',
+                        '--out', str(tmp_path / 'x.npz'), '--devices', '1', '--process_id', str(i),
+                        '--num_processes', '2', '--coordinator', f'127.0.0.1:{port}'], {}, str(tmp_path))
+           for i in range(2)]
+  try:
+    log = workdir / 'loss_vs_logsnr.jsonl'
+    deadline = time.time() + 300
+    while time.time() < deadline and not (log.exists() and len(log.read_text().splitlines()) >= 3):
+      time.sleep(0.5)
+    assert all(p.poll() is None for p in procs), [p.communicate()[0][-3000:] for p in procs if p.poll() is not None]
+    procs[1].send_signal(signal.SIGTERM)
+    outs = [_finish(p, timeout=300) for p in procs]
+  finally:
+    for p in procs:
+      if p.poll() is None:
+        p.kill()
+  assert 'processes 2' in outs[0]
+  steps = [int(s) for s in os.listdir(workdir / 'checkpoints') if s.isdigit()]
+  assert len(steps) == 1 and 3 <= steps[0] < 100000, (steps, outs[0][-2000:], outs[1][-2000:])
+
+
 def test_tfds_mock_dataset_trains(tmp_path):
   import tensorflow_datasets as tfds
   cfg = _no_eval(total_steps=2, checkpoint_every=2, **{'dataset.name': 'cifar10', 'model.num_classes': 10})

@@ -242,12 +242,12 @@ def test_config_num_frames_consistency():
   with pytest.raises(ValueError, match='loss_type=.power:1.: the power loss is defined on images'):
     config_lib.validate_config(e)
   # The trainer's data check (before any compute): a video model needs video data of its length.
-  from sid2 import trainer  # pylint: disable=g-import-not-at-top
-  model = trainer.build_model(c, 3)
-  assert trainer.example_shape(model, c, 3) == (16, 16, 16, 3)
-  trainer.check_data_frames(model, c, types.SimpleNamespace(num_frames=16))
+  from sid2.models import build as model_build  # pylint: disable=g-import-not-at-top
+  model = model_build.build_model(c, 3)
+  assert model_build.example_shape(model, c, 3) == (16, 16, 16, 3)
+  model_build.check_data_frames(model, c, types.SimpleNamespace(num_frames=16))
   with pytest.raises(ValueError, match="yields images but model.name='uvit_video' takes videos of 16 frames"):
-    trainer.check_data_frames(model, c, types.SimpleNamespace())
+    model_build.check_data_frames(model, c, types.SimpleNamespace())
 
 
 # ---------------------------------------------------------------------------------------------------------
