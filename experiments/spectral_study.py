@@ -42,6 +42,7 @@ from absl import flags
 import numpy as np
 
 from experiments import cli
+from sid2 import study as study_lib
 
 SPACES = ('pixel', 'latent')
 MAIN_ARMS = ('teacher', 'lite', 'wg', 'wg_distill', 'positive', 'wg_iso')
@@ -388,37 +389,33 @@ def run(out, *, size_name='default', spaces=SPACES, arms=None, seeds=None, steps
             teacher = pin_teacher(os.path.join(out, space, 'teacher', f'seed{seed}'))
         config = arm_config(space, arm, seed, size, latents_dir=lat_dir, ae_sha256=ae_sha256, teacher=teacher)
         fp = fingerprint(config)
-        rpath = os.path.join(workdir, 'result.json')
-        if os.path.isfile(rpath):
-          with open(rpath) as f:
-            prev = json.load(f)
-          if prev.get('fingerprint') == fp:
-            log(f'[{space}/{arm}/seed{seed}] reusing {rpath}: FD {prev["fd"]:.2f}')
-            if arm in arms:
-              results.setdefault((space, arm), []).append(prev)
-            continue
-          log(f'[{space}/{arm}/seed{seed}] settings changed since {rpath}: retraining')
-          import shutil
-          shutil.rmtree(workdir)
-        log(f'[{space}/{arm}/seed{seed}] training {config.total_steps} steps in {workdir}')
-        train_seconds = train_run(config, workdir, log)
-        if arm not in costs:
-          costs[arm] = arm_cost(config, config.num_channels)
-        result, samples = score_run(config, workdir, size, reals, real_features, feature_fn,
-                                    codec if space == 'latent' else None, held, log)
-        from sid2.images import save_image_grid
-        save_image_grid(samples[:64], os.path.join(workdir, 'samples.png'))
-        result.update(space=space, arm=arm, seed=seed, fingerprint=fp, train_seconds=round(train_seconds, 1),
-                      params=int(costs[arm][0]), macs=float(costs[arm][1]), size=size_name,
-                      teacher=None if arm not in DISTILLED else dict(workdir=teacher[0], step=teacher[1],
-                                                                      sha256=teacher[2]),
-                      autoencoder_sha256=ae_sha256 if space == 'latent' else None,
-                      config=json.loads(config.to_json_best_effort()))
-        with open(rpath, 'w') as f:
-          json.dump(result, f, indent=2, default=str)
-        log(f'[{space}/{arm}/seed{seed}] FD {result["fd"]:.2f}, P/R {result["precision"]:.2f}/'
-            f'{result["recall"]:.2f}, high-freq ε-MSE {result["eps_mse_high_mean"]:.4f}; train '
-            f'{train_seconds:.0f} s, sampling {result["sample_seconds"]:.0f} s')
+        label = f'{space}/{arm}/seed{seed}'
+
+        def train_and_score(space=space, arm=arm, seed=seed, workdir=workdir, config=config, fp=fp,
+                            teacher=teacher, held=held, label=label):
+          log(f'[{label}] training {config.total_steps} steps in {workdir}')
+          train_seconds = train_run(config, workdir, log)
+          if arm not in costs:
+            costs[arm] = arm_cost(config, config.num_channels)
+          result, samples = score_run(config, workdir, size, reals, real_features, feature_fn,
+                                      codec if space == 'latent' else None, held, log)
+          from sid2.images import save_image_grid
+          save_image_grid(samples[:64], os.path.join(workdir, 'samples.png'))
+          result.update(space=space, arm=arm, seed=seed, fingerprint=fp, train_seconds=round(train_seconds, 1),
+                        params=int(costs[arm][0]), macs=float(costs[arm][1]), size=size_name,
+                        teacher=None if arm not in DISTILLED else dict(workdir=teacher[0], step=teacher[1],
+                                                                        sha256=teacher[2]),
+                        autoencoder_sha256=ae_sha256 if space == 'latent' else None,
+                        config=json.loads(config.to_json_best_effort()))
+          log(f'[{label}] FD {result["fd"]:.2f}, P/R {result["precision"]:.2f}/'
+              f'{result["recall"]:.2f}, high-freq ε-MSE {result["eps_mse_high_mean"]:.4f}; train '
+              f'{train_seconds:.0f} s, sampling {result["sample_seconds"]:.0f} s')
+          return result
+
+        # <workdir>/result.json (JSON indent 2, `fingerprint` after `seed`) as before the shared helper, so
+        # finished runs are still reused.
+        result = study_lib.reuse_or_run(workdir, fp, train_and_score, label, log, indent=2,
+                                        describe=lambda prev: f'FD {prev["fd"]:.2f}')
         if arm in arms:
           results.setdefault((space, arm), []).append(result)
   table = summarise(results)

@@ -18,22 +18,25 @@ def fingerprint(config, scoring: dict) -> str:
   return hashlib.sha256(blob.encode()).hexdigest()
 
 
-def reuse_or_run(workdir: str, fp: str, run_fn: Callable[[], dict], label: str, log=print) -> dict:
+def reuse_or_run(workdir: str, fp: str, run_fn: Callable[[], dict], label: str, log=print, *,
+                 indent: int = 1, describe: Optional[Callable[[dict], str]] = None) -> dict:
   """The stored <workdir>/result.json when its fingerprint is `fp`; otherwise (a fresh or changed run) clears
-  the workdir, calls `run_fn()` and stores its result with the fingerprint."""
+  the workdir, calls `run_fn()` and stores its result with the fingerprint (JSON with `indent`; a
+  `fingerprint` key that `run_fn` already put in its result keeps its place). `describe(result)`, when given,
+  is appended to the 'reusing' log line after ': '."""
   path = os.path.join(workdir, 'result.json')
   if os.path.isfile(path):
     with open(path) as f:
       prev = json.load(f)
     if prev.get('fingerprint') == fp:
-      log(f'[{label}] reusing {path}')
+      log(f'[{label}] reusing {path}' + (f': {describe(prev)}' if describe else ''))
       return prev
     log(f'[{label}] settings changed since {path}: retraining')
     shutil.rmtree(workdir)
   result = dict(run_fn(), fingerprint=fp)
   os.makedirs(workdir, exist_ok=True)
   with open(path, 'w') as f:
-    json.dump(result, f, indent=1, default=str)
+    json.dump(result, f, indent=indent, default=str)
   return result
 
 

@@ -27,11 +27,11 @@ import jax
 import jax.numpy as jnp
 
 from sid2 import schedules
+from sid2.models import checks
 from sid2.models import layers as sid2_layers
-from sid2.models import uvit as uvit_lib
 from spectral import layers
 
-DTYPES = ('float32', 'bfloat16', 'float16')
+DTYPES = checks.DTYPES
 DOWNSAMPLE = ('wavelet', 'plain')
 CONDITIONING = ('none', 'class', 'text')
 TIME_EMBEDDINGS = ('logsnr', 'ddpm_timestep')
@@ -92,14 +92,11 @@ def resolve_unet_config(model_config):
   'unet' is the plain UNet: its `downsample` defaults to, and must be, 'plain'. Raises ValueError for
   unknown fields and bad values, naming the field and the allowed values.
   """
-  cfg = uvit_lib._as_dict(model_config)
+  cfg = checks.as_dict(model_config)
   name = cfg.pop('name', 'wg_unet')
   if name not in MODEL_NAMES:
     raise ValueError(f'model.name must be one of {MODEL_NAMES} for the spectral UNet, got {name!r}')
-  unknown = sorted(set(cfg) - set(UNET_DEFAULTS))
-  if unknown:
-    raise ValueError(f'unknown model field(s) {unknown} for model.name={name}; allowed: '
-                     f'{sorted(UNET_DEFAULTS)}')
+  checks.check_known_fields(cfg, UNET_DEFAULTS, name)
   f = dict(UNET_DEFAULTS, downsample='plain' if name == 'unet' else 'wavelet')
   f.update(cfg)
   if name == 'unet' and f['downsample'] != 'plain':
@@ -142,10 +139,7 @@ def resolve_unet_config(model_config):
   if f['conditioning'] != 'none' and not (any(f['heads']) or f['mid_heads']):
     raise ValueError(f"model.conditioning={f['conditioning']!r} enters through cross-attention, so some "
                      f"stage needs attention: model.heads or model.mid_heads must be non-zero")
-  if isinstance(f['dropout'], bool) or not isinstance(f['dropout'], (int, float)) or not (
-      0.0 <= f['dropout'] < 1.0):
-    raise ValueError(f'model.dropout must be in [0, 1), got {f["dropout"]!r}')
-  f['dropout'] = float(f['dropout'])
+  checks.check_dropout(f)
   taps = f['proj_taps']
   if isinstance(taps, str) or not hasattr(taps, '__len__'):
     raise ValueError(f'model.proj_taps must be a list/tuple of tap names from {PROJ_TAPS}, got {taps!r}')
@@ -162,12 +156,7 @@ def resolve_unet_config(model_config):
   if len(f['proj_channels']) != len(f['proj_taps']):
     raise ValueError(f'model.proj_channels (teacher widths) must have one entry per model.proj_taps entry, '
                      f'got {f["proj_channels"]} for {f["proj_taps"]}')
-  for name_ in ('dtype', 'param_dtype'):
-    try:
-      f[name_] = jnp.dtype(f[name_]).name
-    except TypeError:
-      f[name_] = repr(f[name_])
-    _choice(f, name_, DTYPES)
+  checks.check_dtypes(f)
   return f
 
 
@@ -292,14 +281,7 @@ class UNet(nn.Module):
   def __call__(self, z, logsnr, labels: Optional[Any] = None, train: bool = False,
                return_features: bool = False):
     f = self.fields()
-    if z.ndim != 4:
-      raise ValueError(f'z must be [B, H, W, C], got shape {z.shape}')
-    b, height, width, c_in = z.shape
-    if self.num_channels and c_in != self.num_channels:
-      raise ValueError(f'z has {c_in} channels, the model was built for num_channels={self.num_channels}')
-    factor = downsampling_factor(f)
-    if height % factor or width % factor:
-      raise ValueError(f'image size {height}x{width} must be divisible by 2^len(model.channels) = {factor}')
+    b, _, _, c_in = checks.check_input(z, self.num_channels, downsampling_factor(f), '2^len(model.channels)')
     dtype, param_dtype = jnp.dtype(f['dtype']), jnp.dtype(f['param_dtype'])
     kw = dict(dtype=dtype, param_dtype=param_dtype)
     logsnr = jnp.broadcast_to(jnp.asarray(logsnr, jnp.float32), (b,))
@@ -380,8 +362,7 @@ def build_unet(model_config, *, image_res, num_channels):
   """Builds a `UNet` from a 'wg_unet' / 'unet' sub-config (ValueError on bad fields or resolution)."""
   f = resolve_unet_config(model_config)
   check_resolution(f, image_res)
-  if isinstance(num_channels, bool) or not isinstance(num_channels, int) or num_channels < 1:
-    raise ValueError(f'num_channels must be an int >= 1, got {num_channels!r}')
+  checks.check_num_channels(num_channels)
   return UNet(**f, num_channels=num_channels)
 
 

@@ -68,3 +68,37 @@ def test_smoke_runs_end_to_end_and_reuses(tmp_path):
     json.dump(meta, f)
   with pytest.raises(ValueError, match='b' * 64):
     study.run(out, size_name='smoke', spaces=('latent',))
+
+
+def test_result_files_keep_the_old_format_and_old_files_are_reused(tmp_path, monkeypatch):
+  """The shared sid2.study.reuse_or_run writes result.json byte-identically to the study's former own
+  reuse-or-run block (JSON indent 2, `fingerprint` after `seed`), and a file in that format is reused."""
+  import numpy as np
+  out = str(tmp_path / 'study')
+  size = study.SIZES['smoke']
+  config = study.arm_config('pixel', 'teacher', 0, size)
+  fake = dict(fd=12.5, precision=0.5, recall=0.25, eps_mse={}, eps_mse_high_mean=0.1, eps_mse_low_mean=0.2,
+              sample_seconds=1.0, step=3)
+  monkeypatch.setattr(study, 'train_run', lambda config, workdir, log: os.makedirs(workdir) or 7.04)
+  monkeypatch.setattr(study, 'arm_cost', lambda config, num_channels: (1000, 2e9))
+  monkeypatch.setattr(study, 'score_run',
+                      lambda *a: (dict(fake), np.zeros((4, 32, 32, 1), np.float32)))
+  study.run(out, size_name='smoke', spaces=('pixel',), arms=('teacher',), log=lambda s: None)
+  path = os.path.join(out, 'pixel', 'teacher', 'seed0', 'result.json')
+  # What the former block wrote: score_run's keys, then these, in this order, with indent=2.
+  old = dict(fake, space='pixel', arm='teacher', seed=0, fingerprint=study.fingerprint(config),
+             train_seconds=7.0, params=1000, macs=2e9, size='smoke', teacher=None, autoencoder_sha256=None,
+             config=json.loads(config.to_json_best_effort()))
+  with open(path) as f:
+    assert f.read() == json.dumps(old, indent=2, default=str)
+  # A file written in the old format is reused (nothing is trained), and left as it was.
+  old['fd'] = 11.0
+  with open(path, 'w') as f:
+    json.dump(old, f, indent=2, default=str)
+  before = open(path).read()
+  monkeypatch.setattr(study, 'train_run', lambda *a: pytest.fail('a finished run was retrained'))
+  logs = []
+  summary = study.run(out, size_name='smoke', spaces=('pixel',), arms=('teacher',), log=logs.append)
+  assert f'[pixel/teacher/seed0] reusing {path}: FD 11.00' in logs
+  assert summary['table']['pixel']['teacher']['fd']['mean'] == 11.0
+  assert open(path).read() == before

@@ -13,9 +13,10 @@ from typing import Any, Optional, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
+from sid2.models import checks
 from sid2.models import layers
 
-DTYPES = ('float32', 'bfloat16', 'float16')
+DTYPES = checks.DTYPES
 
 # Fields a model sub-config may set (besides `name`), with their defaults; the module's fields below.
 UVIT_DEFAULTS = dict(
@@ -36,13 +37,6 @@ UVIT_DEFAULTS = dict(
     param_dtype='float32',
     remat=False,
 )
-
-
-def _as_dict(model_config):
-  """A ConfigDict / dict / mapping as a plain dict."""
-  if hasattr(model_config, 'to_dict'):
-    return model_config.to_dict()
-  return dict(model_config)
 
 
 def _int_tuple(name, value):
@@ -73,11 +67,9 @@ def resolve_uvit_config(model_config):
 
   Raises ValueError for unknown fields and bad values, naming the field and the allowed values.
   """
-  cfg = _as_dict(model_config)
+  cfg = checks.as_dict(model_config)
   cfg.pop('name', None)
-  unknown = sorted(set(cfg) - set(UVIT_DEFAULTS))
-  if unknown:
-    raise ValueError(f'unknown model field(s) {unknown} for model.name=uvit; allowed: {sorted(UVIT_DEFAULTS)}')
+  checks.check_known_fields(cfg, UVIT_DEFAULTS, 'uvit')
   f = dict(UVIT_DEFAULTS)
   f.update(cfg)
   for name in ('channels', 'enc_blocks', 'dec_blocks'):
@@ -102,8 +94,7 @@ def resolve_uvit_config(model_config):
   if f['transformer_channels'] % f['num_heads']:
     raise ValueError(f'model.transformer_channels={f["transformer_channels"]} must be divisible by '
                      f'model.num_heads={f["num_heads"]}')
-  if isinstance(f['dropout'], bool) or not isinstance(f['dropout'], (int, float)) or not 0 <= f['dropout'] < 1:
-    raise ValueError(f'model.dropout must be in [0, 1), got {f["dropout"]!r}')
+  checks.check_dropout(f)
   for name in ('drop_top_level', 'remat'):
     if not isinstance(f[name], bool):
       raise ValueError(f'model.{name} must be a bool, got {f[name]!r}')
@@ -113,14 +104,7 @@ def resolve_uvit_config(model_config):
   if f['attention'] not in layers.ATTENTION_IMPLEMENTATIONS:
     raise ValueError(f'model.attention must be one of {layers.ATTENTION_IMPLEMENTATIONS}, got '
                      f'{f["attention"]!r}')
-  for name in ('dtype', 'param_dtype'):
-    try:
-      f[name] = jnp.dtype(f[name]).name
-    except TypeError:
-      f[name] = repr(f[name])
-    if f[name] not in DTYPES:
-      raise ValueError(f'model.{name} must be one of {DTYPES}, got {f[name]!r}')
-  f['dropout'] = float(f['dropout'])
+  checks.check_dtypes(f)
   return f
 
 
@@ -241,14 +225,7 @@ class UViT(nn.Module):
   @nn.compact
   def __call__(self, z, logsnr, labels: Optional[Any] = None, train: bool = False):
     f = self._fields()
-    if z.ndim != 4:
-      raise ValueError(f'z must be [B, H, W, C], got shape {z.shape}')
-    b, height, width, c_in = z.shape
-    if self.num_channels and c_in != self.num_channels:
-      raise ValueError(f'z has {c_in} channels, the model was built for num_channels={self.num_channels}')
-    factor = downsampling_factor(f)
-    if height % factor or width % factor:
-      raise ValueError(f'image size {height}x{width} must be divisible by patching_size * 2^levels = {factor}')
+    b, _, _, c_in = checks.check_input(z, self.num_channels, downsampling_factor(f), 'patching_size * 2^levels')
     logsnr = jnp.broadcast_to(jnp.asarray(logsnr, jnp.float32), (b,))
     if labels is not None and not self.num_classes:
       raise ValueError('labels were given but model.num_classes=0 (unconditional model)')
@@ -301,8 +278,7 @@ def build_uvit(model_config, *, image_res, num_channels):
   """Builds a `UViT` from a model sub-config (checked, ValueError on bad fields or resolution)."""
   f = resolve_uvit_config(model_config)
   check_resolution(f, image_res)
-  if not isinstance(num_channels, int) or num_channels < 1:
-    raise ValueError(f'num_channels must be an int >= 1, got {num_channels!r}')
+  checks.check_num_channels(num_channels)
   return UViT(**f, num_channels=num_channels)
 
 

@@ -13,6 +13,7 @@ from typing import Any, Optional
 import flax.linen as nn
 import jax.numpy as jnp
 
+from sid2.models import checks
 from sid2.models import layers
 from sid2.models import uvit
 
@@ -51,12 +52,9 @@ def resolve_uvit_video_config(model_config):
 
   Raises ValueError for unknown fields and bad values, naming the field and the allowed values.
   """
-  cfg = uvit._as_dict(model_config)  # pylint: disable=protected-access
+  cfg = checks.as_dict(model_config)
   cfg.pop('name', None)
-  unknown = sorted(set(cfg) - set(UVIT_VIDEO_DEFAULTS))
-  if unknown:
-    raise ValueError(f'unknown model field(s) {unknown} for model.name=uvit_video; allowed: '
-                     f'{sorted(UVIT_VIDEO_DEFAULTS)}')
+  checks.check_known_fields(cfg, UVIT_VIDEO_DEFAULTS, 'uvit_video')
   video = {k: cfg.pop(k, UVIT_VIDEO_DEFAULTS[k]) for k in VIDEO_FIELDS}
   f = uvit.resolve_uvit_config(cfg)  # The image U-ViT's fields and checks.
   t = video['num_frames']
@@ -182,14 +180,9 @@ class UViTVideo(uvit.UViT):
   @nn.compact
   def __call__(self, z, logsnr, labels: Optional[Any] = None, train: bool = False):
     f = self._fields()
-    if z.ndim != 5:
-      raise ValueError(f'z must be [B, T, H, W, C] (a video batch), got shape {z.shape}')
-    b, frames, height, width, c_in = z.shape
-    if self.num_channels and c_in != self.num_channels:
-      raise ValueError(f'z has {c_in} channels, the model was built for num_channels={self.num_channels}')
-    factor = uvit.downsampling_factor(f)
-    if height % factor or width % factor:
-      raise ValueError(f'frame size {height}x{width} must be divisible by patching_size * 2^levels = {factor}')
+    b, frames, _, _, c_in = checks.check_input(z, self.num_channels, uvit.downsampling_factor(f),
+                                               'patching_size * 2^levels',
+                                               layout='[B, T, H, W, C] (a video batch)', what='frame')
     if frames % temporal_factor(f):
       raise ValueError(f'z has {frames} frames; it must be divisible by 2^(levels with temporal down-sampling) '
                        f'= {temporal_factor(f)} (model.temporal_downsample={f["temporal_downsample"]})')
@@ -246,8 +239,7 @@ def build_uvit_video(model_config, *, image_res, num_channels):
   """Builds a `UViTVideo` for image_res^2 frames (checked, ValueError on bad fields, frames or resolution)."""
   f = resolve_uvit_video_config(model_config)
   check_video_resolution(f, image_res)
-  if not isinstance(num_channels, int) or num_channels < 1:
-    raise ValueError(f'num_channels must be an int >= 1, got {num_channels!r}')
+  checks.check_num_channels(num_channels)
   return UViTVideo(**f, num_channels=num_channels)
 
 

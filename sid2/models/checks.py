@@ -1,0 +1,62 @@
+"""Checks every model builder shares (`sid2.models.uvit`, `sid2.models.uvit_video`, `spectral.unet`): a
+sub-config's field names, its dropout and dtype fields, the data's channel count, and the input a model's
+`__call__` is given. Each raises ValueError naming the field and what is allowed, before any compute."""
+from __future__ import annotations
+
+import jax.numpy as jnp
+
+DTYPES = ('float32', 'bfloat16', 'float16')
+
+
+def as_dict(model_config):
+  """A ConfigDict / dict / mapping as a plain dict."""
+  if hasattr(model_config, 'to_dict'):
+    return model_config.to_dict()
+  return dict(model_config)
+
+
+def check_known_fields(cfg, allowed, model_name):
+  """ValueError unless every key of `cfg` is in `allowed` (the fields of model.name=`model_name`)."""
+  unknown = sorted(set(cfg) - set(allowed))
+  if unknown:
+    raise ValueError(f'unknown model field(s) {unknown} for model.name={model_name}; allowed: '
+                     f'{sorted(allowed)}')
+
+
+def check_dropout(f):
+  """f['dropout'] as a float in [0, 1), else ValueError."""
+  if isinstance(f['dropout'], bool) or not isinstance(f['dropout'], (int, float)) or not 0 <= f['dropout'] < 1:
+    raise ValueError(f'model.dropout must be in [0, 1), got {f["dropout"]!r}')
+  f['dropout'] = float(f['dropout'])
+
+
+def check_dtypes(f, names=('dtype', 'param_dtype')):
+  """f[name] for each name as a dtype name from DTYPES (a jnp dtype is accepted), else ValueError."""
+  for name in names:
+    try:
+      f[name] = jnp.dtype(f[name]).name
+    except TypeError:
+      f[name] = repr(f[name])
+    if f[name] not in DTYPES:
+      raise ValueError(f'model.{name} must be one of {DTYPES}, got {f[name]!r}')
+
+
+def check_num_channels(num_channels):
+  """ValueError unless num_channels (the data's channels a model is built for) is an int >= 1."""
+  if isinstance(num_channels, bool) or not isinstance(num_channels, int) or num_channels < 1:
+    raise ValueError(f'num_channels must be an int >= 1, got {num_channels!r}')
+
+
+def check_input(z, num_channels, factor, factor_text, *, layout='[B, H, W, C]', what='image'):
+  """z.shape, after checking z: its rank is that of `layout` ([B, H, W, C], or [B, T, H, W, C] for video),
+  it has `num_channels` channels (0: any) and its height and width (axes -3, -2) are divisible by `factor`
+  (named `factor_text` in the error)."""
+  ndim = len(layout[1:layout.index(']')].split(','))
+  if z.ndim != ndim:
+    raise ValueError(f'z must be {layout}, got shape {z.shape}')
+  height, width, c_in = z.shape[-3:]
+  if num_channels and c_in != num_channels:
+    raise ValueError(f'z has {c_in} channels, the model was built for num_channels={num_channels}')
+  if height % factor or width % factor:
+    raise ValueError(f'{what} size {height}x{width} must be divisible by {factor_text} = {factor}')
+  return z.shape
