@@ -5,6 +5,8 @@ command and `define_guide_flags` / `guide_flag_values` the autoguidance flags of
 defined once from `sid2.sampling`."""
 from __future__ import annotations
 
+import json
+import os
 import sys
 from typing import Callable, List, Optional, Sequence, Tuple
 
@@ -52,6 +54,17 @@ def cli_entry(main_fn, define_fn):
       sys.exit(f'error: {e}')
 
   app.run(entry)
+
+
+def write_figure_and_json(result: dict, out_dir: str, stem: str, plot: Callable[[dict, str], None]):
+  """Writes <out_dir>/<stem>.png (by `plot(result, path)`) and <stem>.json, and says so."""
+  os.makedirs(out_dir, exist_ok=True)
+  png, js = (os.path.join(out_dir, stem + ext) for ext in ('.png', '.json'))
+  plot(result, png)
+  with open(js, 'w') as f:
+    json.dump(result, f, indent=1)
+    f.write('\n')
+  print(f'wrote {png} and {js} ({result["seconds"]} s)')
 
 
 def ensure_model_registered(config):

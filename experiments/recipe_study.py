@@ -84,17 +84,8 @@ def recipe_config(name: str, seed: int, *, budget: float, clock: str, fixed_step
   from configs import fashion_mnist_sid2  # pylint: disable=g-import-not-at-top
   if name not in RECIPES:
     raise ValueError(f'unknown recipe {name!r}; allowed: {sorted(RECIPES)}')
-  c = fashion_mnist_sid2.get_config()
-  c.description = f'recipe study: {name} seed {seed}'
-  c.model.num_classes = 0
-  c.dataset.num_classes = 0
-  c.cond_drop_prob = 0.0
-  for key, value in RECIPES[name][1].items():
-    node = c
-    *path, last = key.split('.')
-    for p in path:
-      node = node[p]
-    node[last] = value
+  c = study.unconditional(fashion_mnist_sid2.get_config(), f'recipe study: {name} seed {seed}')
+  study.set_fields(c, RECIPES[name][1])
   c.seed = int(seed)
   c.total_steps = MAX_STEPS
   c.max_train_seconds = float(budget)

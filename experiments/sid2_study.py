@@ -142,11 +142,7 @@ def arm_config(arm: str, seed: int, size: dict):
   from configs import fashion_mnist  # pylint: disable=g-import-not-at-top
   if arm not in ARMS:
     raise ValueError(f'unknown arm {arm!r}; allowed: {sorted(ARMS)}')
-  c = fashion_mnist.get_config()
-  c.description = f'sid2 study: {arm} seed {seed}'
-  c.model.num_classes = 0
-  c.dataset.num_classes = 0
-  c.cond_drop_prob = 0.0
+  c = study.unconditional(fashion_mnist.get_config(), f'sid2 study: {arm} seed {seed}')
   steps = int(size['steps'])
   if size.get('tiny'):
     c.batch_size = 8
@@ -155,12 +151,7 @@ def arm_config(arm: str, seed: int, size: dict):
     c.model.transformer_channels, c.model.transformer_blocks, c.model.num_heads = 16, 1, 2
     c.optimizer.warmup_steps = 1
   t_b = max(1, round(TIME_SHIFT_FRACTION * steps))
-  for key, value in ARMS[arm][1].items():
-    node = c
-    *path, last = key.split('.')
-    for p in path:
-      node = node[p]
-    node[last] = value.format(t_b=t_b) if isinstance(value, str) else value
+  study.set_fields(c, ARMS[arm][1], lambda v: v.format(t_b=t_b) if isinstance(v, str) else v)
   c.seed = int(seed)
   c.total_steps = steps
   every = score_steps(steps, size['points'], True)

@@ -21,7 +21,6 @@ e^{-50}. `--blur_parameter sigma` reads the list as standard deviations instead.
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 import time
@@ -189,13 +188,7 @@ def main(argv, flag_values=None):
   result = compute(raw, sigma2s=sigma2s, blur_size=fv.blur_size, features_path=fv.features)
   result['blur_parameter_flag'] = fv.blur_parameter
   result['seconds'] = round(time.time() - t0, 1)
-  os.makedirs(out_dir, exist_ok=True)
-  png, js = (os.path.join(out_dir, 'spectra' + ext) for ext in ('.png', '.json'))
-  plot(result, png)
-  with open(js, 'w') as f:
-    json.dump(result, f, indent=1)
-    f.write('\n')
-  print(f'wrote {png} and {js} ({result["seconds"]} s)')
+  cli.write_figure_and_json(result, out_dir, 'spectra', plot)
 
 
 if __name__ == '__main__':

@@ -17,8 +17,6 @@ Writes `<out>/toy_frequency.png` and `<out>/toy_frequency.json` (all numbers, pe
 """
 from __future__ import annotations
 
-import json
-import os
 import time
 
 from absl import flags
@@ -203,13 +201,7 @@ def main(argv, flag_values=None):
   t0 = time.time()
   result = run(settings)
   result['seconds'] = round(time.time() - t0, 1)
-  os.makedirs(fv.out, exist_ok=True)
-  png, js = (os.path.join(fv.out, 'toy_frequency' + ext) for ext in ('.png', '.json'))
-  plot(result, png)
-  with open(js, 'w') as f:
-    json.dump(result, f, indent=1)
-    f.write('\n')
-  print(f'wrote {png} and {js} ({result["seconds"]} s)')
+  cli.write_figure_and_json(result, fv.out, 'toy_frequency', plot)
 
 
 if __name__ == '__main__':

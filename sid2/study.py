@@ -12,6 +12,26 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 
 
+def unconditional(config, description: str):
+  """`config` (a train ConfigDict, changed in place and returned) without class conditioning, described."""
+  config.description = description
+  config.model.num_classes = 0
+  config.dataset.num_classes = 0
+  config.cond_drop_prob = 0.0
+  return config
+
+
+def set_fields(config, overrides: dict, render=lambda value: value):
+  """Sets each dotted field of `overrides` ('model.bias': 1.5) in `config` to `render(value)`."""
+  for key, value in overrides.items():
+    node = config
+    *path, last = key.split('.')
+    for p in path:
+      node = node[p]
+    node[last] = render(value)
+  return config
+
+
 def fingerprint(config, scoring: dict) -> str:
   """sha256 of a run's config and scoring settings (a rerun reuses a run only when both are unchanged)."""
   blob = json.dumps(dict(config=config.to_dict(), scoring=scoring), sort_keys=True, default=str)

@@ -10,7 +10,7 @@ or a multi-host TPU pod. `sid2.sharding` builds 2-D ('data', 'fsdp') meshes and 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Optional
+from typing import Any, Callable
 
 import flax
 import jax

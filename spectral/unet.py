@@ -358,17 +358,8 @@ class UNet(nn.Module):
     return (out, features) if return_features else out
 
 
-def build_unet(model_config, *, image_res, num_channels):
-  """Builds a `UNet` from a 'wg_unet' / 'unet' sub-config (ValueError on bad fields or resolution)."""
-  f = resolve_unet_config(model_config)
-  check_resolution(f, image_res)
-  checks.check_num_channels(num_channels)
-  return UNet(**f, num_channels=num_channels)
-
-
-def validate_unet(model_config, image_res):
-  """ValueError for a bad UNet sub-config or a resolution it cannot process."""
-  check_resolution(resolve_unet_config(model_config), image_res)
+# The pair `sid2.models.register_model` takes (ValueError on bad fields or resolution).
+build_unet, validate_unet = checks.builders(UNet, resolve_unet_config, check_resolution)
 
 
 def tap_shapes(model, image_res, num_channels):

@@ -189,7 +189,31 @@ def epoch_permutation(seed: int, epoch: int, num_examples: int) -> np.ndarray:
 # ------------------------------------------------------------------------------------------------------
 
 
-class InMemoryDataset:
+class StepBatches:
+  """What every dataset of `sid2.data` shares: the batch layout over processes and the checkpoint position
+  (`next_batch(step)` is pure in step, so resuming needs only the step; see the module docstring)."""
+
+  def __init__(self, *, num_classes: int, num_channels: int, global_batch_size: int, seed: int,
+               process_index: int, process_count: int):
+    self.num_classes = num_classes
+    self.num_channels = num_channels
+    self.global_batch_size = global_batch_size
+    self.per_process_batch_size = global_batch_size // process_count
+    self.seed = seed
+    self.process_index = process_index
+    self.process_count = process_count
+    self._next_step = 0
+
+  def get_state(self) -> dict:
+    """Checkpoint position {'step': next step, 'seed', 'global_batch_size'}: ints, same on all hosts."""
+    return dict(step=self._next_step, seed=self.seed, global_batch_size=self.global_batch_size)
+
+  def set_state(self, state: dict) -> None:
+    """Restores `get_state()`; seed and global batch size must match this dataset."""
+    self._next_step = check_state(state, dict(seed=self.seed, global_batch_size=self.global_batch_size))
+
+
+class InMemoryDataset(StepBatches):
   """Batches of an in-memory array; `next_batch(step)` is pure in step (see the module docstring)."""
 
   def __init__(self, images: np.ndarray, labels: np.ndarray, *, num_classes: int, num_channels: int,
@@ -203,16 +227,10 @@ class InMemoryDataset:
       if key in ('image', 'label') or value.shape[:1] != images.shape[:1]:
         raise ValueError(f'extra dataset array {key!r} must be named other than image/label and have '
                          f'{images.shape[0]} rows; got shape {value.shape}')
+    super().__init__(num_classes=num_classes, num_channels=num_channels, global_batch_size=global_batch_size,
+                     seed=seed, process_index=process_index, process_count=process_count)
     self._transform = transform
-    self.num_classes = num_classes
-    self.num_channels = num_channels
     self.num_examples = int(images.shape[0])
-    self.global_batch_size = global_batch_size
-    self.per_process_batch_size = global_batch_size // process_count
-    self.seed = seed
-    self.process_index = process_index
-    self.process_count = process_count
-    self._next_step = 0
     self._perms = {}
     if self.num_examples == 0:
       raise ValueError('dataset.split holds no examples')
@@ -253,14 +271,6 @@ class InMemoryDataset:
     """The first `num` rows of extra array `key` (cycled), float32: conditioning for evaluation samples."""
     value = self._extras[key]
     return np.asarray(value[np.arange(num) % value.shape[0]], np.float32)
-
-  def get_state(self) -> dict:
-    """Checkpoint position {'step': next step, 'seed', 'global_batch_size'}: ints, same on all hosts."""
-    return dict(step=self._next_step, seed=self.seed, global_batch_size=self.global_batch_size)
-
-  def set_state(self, state: dict) -> None:
-    """Restores `get_state()`; seed and global batch size must match this dataset."""
-    self._next_step = check_state(state, dict(seed=self.seed, global_batch_size=self.global_batch_size))
 
 
 def _state_int(state, key: str) -> int:

@@ -74,22 +74,16 @@ def render(params, *, num_frames, image_res):
   return (-1.0 + coverage * (color + 1.0)).astype(np.float32)
 
 
-class SyntheticVideoDataset:
+class SyntheticVideoDataset(core.StepBatches):
   """Endless bouncing-shapes videos; `next_batch(step)` is pure in step (see the module docstring)."""
 
   def __init__(self, *, num_frames: int, image_res: int, num_classes: int, num_channels: int,
                global_batch_size: int, seed: int, process_index: int, process_count: int):
+    super().__init__(num_classes=num_classes, num_channels=num_channels, global_batch_size=global_batch_size,
+                     seed=seed, process_index=process_index, process_count=process_count)
     self.num_frames = num_frames
     self.image_res = image_res
-    self.num_classes = num_classes
-    self.num_channels = num_channels
     self.num_examples = None  # An endless stream.
-    self.global_batch_size = global_batch_size
-    self.per_process_batch_size = global_batch_size // process_count
-    self.seed = seed
-    self.process_index = process_index
-    self.process_count = process_count
-    self._next_step = 0
 
   def batch_params(self, step: int) -> dict:
     """This process's slice of the global batch's parameters at `step` (drawn from rng([seed, step]))."""
@@ -107,15 +101,6 @@ class SyntheticVideoDataset:
     self._next_step = int(step) + 1
     return dict(image=render(params, num_frames=self.num_frames, image_res=self.image_res),
                 label=params['label'])
-
-  def get_state(self) -> dict:
-    """Checkpoint position {'step': next step, 'seed', 'global_batch_size'}: ints, same on all hosts."""
-    return dict(step=self._next_step, seed=self.seed, global_batch_size=self.global_batch_size)
-
-  def set_state(self, state: dict) -> None:
-    """Restores `get_state()`; seed and global batch size must match this dataset."""
-    self._next_step = core.check_state(
-        state, dict(seed=self.seed, global_batch_size=self.global_batch_size))
 
 
 def build_synthetic_video(dataset_config, *, image_res, global_batch_size, seed, process_index=None,

@@ -60,3 +60,22 @@ def check_input(z, num_channels, factor, factor_text, *, layout='[B, H, W, C]', 
   if height % factor or width % factor:
     raise ValueError(f'{what} size {height}x{width} must be divisible by {factor_text} = {factor}')
   return z.shape
+
+
+def builders(module, resolve, check_resolution):
+  """The (build, validate) pair a model registers (`sid2.models.register_model`): `resolve(model_config)`
+  checks a sub-config into the module's fields, `check_resolution(fields, image_res)` refuses resolutions the
+  model cannot process; `build(model_config, image_res=, num_channels=)` returns the module."""
+
+  def build(model_config, *, image_res, num_channels):
+    f = resolve(model_config)
+    check_resolution(f, image_res)
+    check_num_channels(num_channels)
+    return module(**f, num_channels=num_channels)
+
+  def validate(model_config, image_res):
+    check_resolution(resolve(model_config), image_res)
+
+  build.__doc__ = f'Builds a `{module.__name__}` from its model sub-config (ValueError on bad fields or size).'
+  validate.__doc__ = f'ValueError for a bad `{module.__name__}` sub-config or a size it cannot process.'
+  return build, validate

@@ -274,15 +274,6 @@ class UViT(nn.Module):
     return layers.depth_to_space(h, p).astype(jnp.float32)
 
 
-def build_uvit(model_config, *, image_res, num_channels):
-  """Builds a `UViT` from a model sub-config (checked, ValueError on bad fields or resolution)."""
-  f = resolve_uvit_config(model_config)
-  check_resolution(f, image_res)
-  checks.check_num_channels(num_channels)
-  return UViT(**f, num_channels=num_channels)
-
-
-def validate_uvit(model_config, image_res):
-  """ValueError for a bad U-ViT sub-config or a resolution it cannot process."""
-  check_resolution(resolve_uvit_config(model_config), image_res)
+# The pair `sid2.models.register_model` takes (ValueError on bad fields or resolution).
+build_uvit, validate_uvit = checks.builders(UViT, resolve_uvit_config, check_resolution)
 

@@ -235,14 +235,6 @@ class UViTVideo(uvit.UViT):
     return out.astype(jnp.float32)
 
 
-def build_uvit_video(model_config, *, image_res, num_channels):
-  """Builds a `UViTVideo` for image_res^2 frames (checked, ValueError on bad fields, frames or resolution)."""
-  f = resolve_uvit_video_config(model_config)
-  check_video_resolution(f, image_res)
-  checks.check_num_channels(num_channels)
-  return UViTVideo(**f, num_channels=num_channels)
-
-
-def validate_uvit_video(model_config, image_res):
-  """ValueError for a bad video U-ViT sub-config, or an image_res / model.num_frames it cannot process."""
-  check_video_resolution(resolve_uvit_video_config(model_config), image_res)
+# The pair `sid2.models.register_model` takes (ValueError on bad fields or resolution).
+build_uvit_video, validate_uvit_video = checks.builders(UViTVideo, resolve_uvit_video_config,
+                                                      check_video_resolution)
