@@ -49,6 +49,12 @@ RECIPES = {
     'uvit_small_eps': ('uvit_small + eps-prediction instead of v (the same sigmoid-weighted loss; only the '
                        'network output changes)',
                        dict(UVIT_SMALL, parametrization='eps')),
+    'uvit_small_edm_monotonic': ('uvit_small + EDM-monotonic weighting instead of sigmoid:2.55 (SiD2 Fig. 13)',
+                                 dict(UVIT_SMALL, loss_type='edm_monotonic')),
+    'uvit_small_batch128': ('uvit_small + batch 128 instead of 64 (half the steps in the budget)',
+                            dict(UVIT_SMALL, batch_size=128)),
+    'uvit_small_uniform_t': ('uvit_small + i.i.d. uniform t instead of low-discrepancy t',
+                             dict(UVIT_SMALL, low_discrepancy=False)),
     'uvit_small_warm50': ('uvit_small + 50 warmup steps instead of 200',
                           dict(UVIT_SMALL, **{'optimizer.warmup_steps': 50})),
     'reference_recipe': ('the simple reference recipe in this codebase: uvit_small, min-SNR-5, v, Adam 2e-4 '
