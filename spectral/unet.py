@@ -18,7 +18,6 @@ feature}); taps listed in `proj_taps` come out through the student's 1x1 project
 """
 from __future__ import annotations
 
-import dataclasses
 import math
 from typing import Any, Optional, Sequence
 
@@ -38,32 +37,6 @@ TIME_EMBEDDINGS = ('logsnr', 'ddpm_timestep')
 TAPS = ('output', 'feat-up1', 'feat-up2', 'feat-down4')
 PROJ_TAPS = TAPS[1:]  # `output` is compared as is (Pi = identity, SPEC §13).
 MODEL_NAMES = ('wg_unet', 'unet')
-
-# Fields a model sub-config may set (besides `name`), with their defaults (Table 4's student).
-UNET_DEFAULTS = dict(
-    channels=(64, 128, 192, 256),
-    blocks=(3, 3, 3, 3),
-    heads=(0, 4, 6, 8),
-    mid_channels=0,
-    mid_heads=8,
-    downsample='wavelet',
-    gate='band',
-    gate_reduction=4,
-    gate_init='lowpass',       # SPEC §13 (ours, amended): WG-Down starts as the anti-aliased LL band.
-    norm_group_channels=4,     # ours: >= 4 channels per GroupNorm group (1: sid2's gcd(C, 32)).
-    final_blocks=0,            # ours: ResBlocks at full resolution after the last up-sampling + skip.
-    conditioning='none',
-    num_classes=0,
-    context_dim=512,
-    time_embedding='logsnr',
-    emb_channels=0,
-    dropout=0.0,
-    proj_taps=(),
-    proj_channels=(),
-    attention='xla',
-    dtype='float32',
-    param_dtype='float32',
-)
 
 
 def _int_tuple(name, value, minimum):
@@ -215,28 +188,28 @@ class UNet(nn.Module):
     num_channels: image (latent) channels, set by `get_model` from the data; 0 accepts any.
   Output and last residual layers are zero-initialised (the network starts at output 0).
   """
-  channels: Sequence[int] = UNET_DEFAULTS['channels']
-  blocks: Sequence[int] = UNET_DEFAULTS['blocks']
-  heads: Sequence[int] = UNET_DEFAULTS['heads']
-  mid_channels: int = UNET_DEFAULTS['mid_channels']
-  mid_heads: int = UNET_DEFAULTS['mid_heads']
-  downsample: str = UNET_DEFAULTS['downsample']
-  gate: str = UNET_DEFAULTS['gate']
-  gate_reduction: int = UNET_DEFAULTS['gate_reduction']
-  gate_init: str = UNET_DEFAULTS['gate_init']
-  norm_group_channels: int = UNET_DEFAULTS['norm_group_channels']
-  final_blocks: int = UNET_DEFAULTS['final_blocks']
-  conditioning: str = UNET_DEFAULTS['conditioning']
-  num_classes: int = UNET_DEFAULTS['num_classes']
-  context_dim: int = UNET_DEFAULTS['context_dim']
-  time_embedding: str = UNET_DEFAULTS['time_embedding']
-  emb_channels: int = UNET_DEFAULTS['emb_channels']
-  dropout: float = UNET_DEFAULTS['dropout']
-  proj_taps: Sequence[str] = UNET_DEFAULTS['proj_taps']
-  proj_channels: Sequence[int] = UNET_DEFAULTS['proj_channels']
-  attention: str = UNET_DEFAULTS['attention']
-  dtype: str = UNET_DEFAULTS['dtype']
-  param_dtype: str = UNET_DEFAULTS['param_dtype']
+  channels: Sequence[int] = (64, 128, 192, 256)
+  blocks: Sequence[int] = (3, 3, 3, 3)
+  heads: Sequence[int] = (0, 4, 6, 8)
+  mid_channels: int = 0
+  mid_heads: int = 8
+  downsample: str = 'wavelet'
+  gate: str = 'band'
+  gate_reduction: int = 4
+  gate_init: str = 'lowpass'  # SPEC §13 (ours, amended): WG-Down starts as the anti-aliased LL band.
+  norm_group_channels: int = 4  # ours: >= 4 channels per GroupNorm group (1: sid2's gcd(C, 32)).
+  final_blocks: int = 0  # ours: ResBlocks at full resolution after the last up-sampling + skip.
+  conditioning: str = 'none'
+  num_classes: int = 0
+  context_dim: int = 512
+  time_embedding: str = 'logsnr'
+  emb_channels: int = 0
+  dropout: float = 0.0
+  proj_taps: Sequence[str] = ()
+  proj_channels: Sequence[int] = ()
+  attention: str = 'xla'
+  dtype: str = 'float32'
+  param_dtype: str = 'float32'
   num_channels: int = 0
 
   def fields(self):
@@ -358,6 +331,11 @@ class UNet(nn.Module):
     return (out, features) if return_features else out
 
 
+# The fields a 'wg_unet' / 'unet' sub-config may set (besides `name`), with their defaults: the module's own
+# (Table 4's student).
+UNET_DEFAULTS = checks.field_defaults(UNet)
+
+
 # The pair `sid2.models.register_model` takes (ValueError on bad fields or resolution).
 build_unet, validate_unet = checks.builders(UNet, resolve_unet_config, check_resolution)
 
@@ -372,6 +350,3 @@ def tap_shapes(model, image_res, num_channels):
     return model.apply(variables, z, logsnr, None, return_features=True)[1]
   return jax.eval_shape(run, z, logsnr)
 
-
-assert set(UNET_DEFAULTS) | {'num_channels'} == {
-    fl.name for fl in dataclasses.fields(UNet) if fl.name not in ('parent', 'name')}

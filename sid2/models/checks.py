@@ -3,9 +3,18 @@ sub-config's field names, its dropout and dtype fields, the data's channel count
 `__call__` is given. Each raises ValueError naming the field and what is allowed, before any compute."""
 from __future__ import annotations
 
+import dataclasses
+
 import jax.numpy as jnp
 
 DTYPES = ('float32', 'bfloat16', 'float16')
+
+
+def field_defaults(module, exclude=('num_channels',)):
+  """{field: default} of a Flax module's dataclass fields (the sub-config fields it accepts): the defaults
+  live once, on the module; `parent`, `name` and `exclude` are left out."""
+  skip = {'parent', 'name', *exclude}
+  return {f.name: f.default for f in dataclasses.fields(module) if f.init and f.name not in skip}
 
 
 def as_dict(model_config):

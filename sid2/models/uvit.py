@@ -18,26 +18,6 @@ from sid2.models import layers
 
 DTYPES = checks.DTYPES
 
-# Fields a model sub-config may set (besides `name`), with their defaults; the module's fields below.
-UVIT_DEFAULTS = dict(
-    channels=(128, 256),
-    enc_blocks=(2, 2),
-    dec_blocks=(2, 2),
-    transformer_channels=256,
-    transformer_blocks=4,
-    num_heads=4,
-    patching_size=1,
-    drop_top_level=False,
-    dropout=0.0,
-    dropout_from_level=1,
-    num_classes=0,
-    emb_channels=0,
-    attention='xla',
-    dtype='float32',
-    param_dtype='float32',
-    remat=False,
-)
-
 
 def _int_tuple(name, value):
   """A list/tuple of ints as a tuple, else ValueError naming the field."""
@@ -171,22 +151,22 @@ class UViT(nn.Module):
   Down/up-sampling between levels: space-to-depth(2) + Dense (to the next level's width) and Dense +
   depth-to-space(2) (back). The transformer sees a fixed 2-D sin/cos position embedding.
   """
-  channels: Sequence[int] = UVIT_DEFAULTS['channels']
-  enc_blocks: Sequence[int] = UVIT_DEFAULTS['enc_blocks']
-  dec_blocks: Sequence[int] = UVIT_DEFAULTS['dec_blocks']
-  transformer_channels: int = UVIT_DEFAULTS['transformer_channels']
-  transformer_blocks: int = UVIT_DEFAULTS['transformer_blocks']
-  num_heads: int = UVIT_DEFAULTS['num_heads']
-  patching_size: int = UVIT_DEFAULTS['patching_size']
-  drop_top_level: bool = UVIT_DEFAULTS['drop_top_level']
-  dropout: float = UVIT_DEFAULTS['dropout']
-  dropout_from_level: int = UVIT_DEFAULTS['dropout_from_level']
-  num_classes: int = UVIT_DEFAULTS['num_classes']
-  emb_channels: int = UVIT_DEFAULTS['emb_channels']
-  attention: str = UVIT_DEFAULTS['attention']
-  dtype: str = UVIT_DEFAULTS['dtype']
-  param_dtype: str = UVIT_DEFAULTS['param_dtype']
-  remat: bool = UVIT_DEFAULTS['remat']
+  channels: Sequence[int] = (128, 256)
+  enc_blocks: Sequence[int] = (2, 2)
+  dec_blocks: Sequence[int] = (2, 2)
+  transformer_channels: int = 256
+  transformer_blocks: int = 4
+  num_heads: int = 4
+  patching_size: int = 1
+  drop_top_level: bool = False
+  dropout: float = 0.0
+  dropout_from_level: int = 1
+  num_classes: int = 0
+  emb_channels: int = 0
+  attention: str = 'xla'
+  dtype: str = 'float32'
+  param_dtype: str = 'float32'
+  remat: bool = False
   num_channels: int = 0
 
   def _fields(self):
@@ -272,6 +252,10 @@ class UViT(nn.Module):
     h = nn.Conv(c_in * p * p, (3, 3), padding='SAME', kernel_init=nn.initializers.zeros, name='conv_out',
                 **kw)(h)
     return layers.depth_to_space(h, p).astype(jnp.float32)
+
+
+# The fields a `name='uvit'` sub-config may set, with their defaults (the module's own).
+UVIT_DEFAULTS = checks.field_defaults(UViT)
 
 
 # The pair `sid2.models.register_model` takes (ValueError on bad fields or resolution).

@@ -17,17 +17,12 @@ from sid2.models import checks
 from sid2.models import layers
 from sid2.models import uvit
 
-# Fields a `name='uvit_video'` sub-config may set: the U-ViT's (same meaning, `uvit.UVIT_DEFAULTS`) plus
+# Fields a `name='uvit_video'` sub-config may set (`UVIT_VIDEO_DEFAULTS`, below `UViTVideo`): the U-ViT's
+# (same meaning, `uvit.UVIT_DEFAULTS`) plus
 #   num_frames: T, frames per example the model is built for (validated against temporal down-sampling).
 #   temporal_kernel_size: k_t, the temporal extent of every 3-D convolution (odd; 1 = per-frame 2-D convs).
 #   temporal_downsample: () (space only everywhere), a bool for all levels, or one bool per entry of
 #     `channels`: whether that level's down-sampling also halves time (2x2x2 instead of 1x2x2).
-UVIT_VIDEO_DEFAULTS = dict(
-    uvit.UVIT_DEFAULTS,
-    num_frames=16,
-    temporal_kernel_size=3,
-    temporal_downsample=(),
-)
 VIDEO_FIELDS = ('num_frames', 'temporal_kernel_size', 'temporal_downsample')
 
 
@@ -169,9 +164,9 @@ class UViTVideo(uvit.UViT):
   U-ViT's. GroupNorm statistics are per example over the whole clip (T, H, W), so frames outside a conv's
   temporal window still interact through them (and through the transformer's attention).
   """
-  num_frames: int = UVIT_VIDEO_DEFAULTS['num_frames']
-  temporal_kernel_size: int = UVIT_VIDEO_DEFAULTS['temporal_kernel_size']
-  temporal_downsample: Any = UVIT_VIDEO_DEFAULTS['temporal_downsample']
+  num_frames: int = 16
+  temporal_kernel_size: int = 3
+  temporal_downsample: Any = ()
 
   def _fields(self):
     """The config fields of this module, checked (ValueError before any compute)."""
@@ -233,6 +228,10 @@ class UViTVideo(uvit.UViT):
                 **kw)(h)
     out = _frames_to_batch(h, lambda x: layers.depth_to_space(x, p))
     return out.astype(jnp.float32)
+
+
+# The fields a `name='uvit_video'` sub-config may set, with their defaults (the module's own).
+UVIT_VIDEO_DEFAULTS = checks.field_defaults(UViTVideo)
 
 
 # The pair `sid2.models.register_model` takes (ValueError on bad fields or resolution).
