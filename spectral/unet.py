@@ -78,12 +78,7 @@ def resolve_unet_config(model_config):
   f['channels'] = _int_tuple('channels', f['channels'], 1)
   f['blocks'] = _int_tuple('blocks', f['blocks'], 0)
   f['heads'] = _int_tuple('heads', f['heads'], 0)
-  n = len(f['channels'])
-  if n == 0:
-    raise ValueError('model.channels must list at least one stage')
-  if len(f['blocks']) != n or len(f['heads']) != n:
-    raise ValueError(f'model.channels, model.blocks and model.heads must have the same length (one entry '
-                     f'per stage), got {len(f["channels"])}, {len(f["blocks"])}, {len(f["heads"])}')
+  n = checks.check_per_level(f, ('channels', 'blocks', 'heads'), 'stage')
   for name_ in ('mid_channels', 'mid_heads', 'num_classes', 'emb_channels'):
     _int(f, name_, 0)
   _int(f, 'gate_reduction', 1)

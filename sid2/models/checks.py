@@ -32,6 +32,18 @@ def check_known_fields(cfg, allowed, model_name):
                      f'{sorted(allowed)}')
 
 
+def check_per_level(f, names, what='level'):
+  """ValueError unless f[names[0]] is non-empty and every f[name] has its length (one entry per `what`)."""
+  n = len(f[names[0]])
+  if n == 0:
+    raise ValueError(f'model.{names[0]} must have at least one {what}')
+  if any(len(f[name]) != n for name in names[1:]):
+    listed = ', '.join(f'model.{name}' for name in names[:-1]) + f' and model.{names[-1]}'
+    lengths = ', '.join(str(len(f[name])) for name in names)
+    raise ValueError(f'{listed} must have the same length (one entry per {what}), got {lengths}')
+  return n
+
+
 def check_dropout(f):
   """f['dropout'] as a float in [0, 1), else ValueError."""
   if isinstance(f['dropout'], bool) or not isinstance(f['dropout'], (int, float)) or not 0 <= f['dropout'] < 1:

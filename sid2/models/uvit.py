@@ -54,12 +54,7 @@ def resolve_uvit_config(model_config):
   f.update(cfg)
   for name in ('channels', 'enc_blocks', 'dec_blocks'):
     f[name] = _int_tuple(name, f[name])
-  n = len(f['channels'])
-  if n == 0:
-    raise ValueError('model.channels must have at least one level')
-  if len(f['enc_blocks']) != n or len(f['dec_blocks']) != n:
-    raise ValueError(f'model.channels, model.enc_blocks and model.dec_blocks must have the same length, got '
-                     f'{len(f["channels"])}, {len(f["enc_blocks"])}, {len(f["dec_blocks"])}')
+  n = checks.check_per_level(f, ('channels', 'enc_blocks', 'dec_blocks'))
   if any(c < 1 for c in f['channels']):
     raise ValueError(f'model.channels must be positive, got {f["channels"]}')
   if any(b < 0 for b in f['enc_blocks'] + f['dec_blocks']):

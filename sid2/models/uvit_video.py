@@ -124,13 +124,17 @@ def sincos_3d(frames, height, width, dim):
   return jnp.pad(emb, ((0, 0), (0, dim - 6 * k)))
 
 
-class VideoDownsample(nn.Module):
-  """Down-sampling C_in -> C_out by 2 in space (and in time when `temporal`): space(-time)-to-depth then a
-  Dense (= a 1x2x2 or 2x2x2 strided 3-D conv)."""
+class _VideoResample(nn.Module):
+  """Fields of the video down/up-sampling layers: output channels, whether time is resampled too, dtypes."""
   channels: int
   temporal: bool = False
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
+
+
+class VideoDownsample(_VideoResample):
+  """Down-sampling C_in -> C_out by 2 in space (and in time when `temporal`): space(-time)-to-depth then a
+  Dense (= a 1x2x2 or 2x2x2 strided 3-D conv)."""
 
   @nn.compact
   def __call__(self, x):
@@ -138,13 +142,9 @@ class VideoDownsample(nn.Module):
     return nn.Dense(self.channels, dtype=self.dtype, param_dtype=self.param_dtype)(h)
 
 
-class VideoUpsample(nn.Module):
+class VideoUpsample(_VideoResample):
   """Up-sampling C_in -> C_out by 2 in space (and time when `temporal`): a Dense to (4 or 8) C_out then
   depth-to-space(-time) (= a strided transposed 3-D conv); inverse layout of `VideoDownsample`."""
-  channels: int
-  temporal: bool = False
-  dtype: Any = jnp.float32
-  param_dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x):
