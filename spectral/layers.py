@@ -165,11 +165,8 @@ class WGUp(nn.Module):
     return gated_inverse_haar(h, gates)
 
 
-class PlainDown(nn.Module):
+class PlainDown(sid2_layers.Resample):
   """Plain 2x down-sampling (Lite-LDM / ordinary UNet, SPEC §13): 3x3 conv, stride 2, padding 1, C -> C."""
-  channels: int
-  dtype: Dtype = jnp.float32
-  param_dtype: Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x):
@@ -177,11 +174,8 @@ class PlainDown(nn.Module):
                    param_dtype=self.param_dtype, name='conv')(x)
 
 
-class PlainUp(nn.Module):
+class PlainUp(sid2_layers.Resample):
   """Plain 2x up-sampling (Lite-LDM / ordinary UNet, SPEC §13): nearest neighbour, then a 3x3 conv -> C."""
-  channels: int
-  dtype: Dtype = jnp.float32
-  param_dtype: Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x):

@@ -163,22 +163,23 @@ class TransformerBlock(nn.Module):
     return x + nn.Dropout(self.dropout, deterministic=not train)(h)
 
 
-class Downsample(nn.Module):
-  """2x down-sampling C_in -> C_out: space-to-depth(2) then a Dense (= a 2x2 stride-2 conv)."""
+class Resample(nn.Module):
+  """Fields of a 2x down/up-sampling layer (here and in spectral.layers): output channels and dtypes."""
   channels: int
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
+
+
+class Downsample(Resample):
+  """2x down-sampling C_in -> C_out: space-to-depth(2) then a Dense (= a 2x2 stride-2 conv)."""
 
   @nn.compact
   def __call__(self, x):
     return nn.Dense(self.channels, dtype=self.dtype, param_dtype=self.param_dtype)(space_to_depth(x, 2))
 
 
-class Upsample(nn.Module):
+class Upsample(Resample):
   """2x up-sampling C_in -> C_out: a Dense to 4 C_out then depth-to-space(2) (= a 2x2 stride-2 transposed conv)."""
-  channels: int
-  dtype: Dtype = jnp.float32
-  param_dtype: Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x):
