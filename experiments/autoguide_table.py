@@ -48,8 +48,8 @@ KEPT = ('fd', 'precision', 'recall', 'step', 'num_samples', 'seed', 'sampling', 
 def define_flags(fv: flags.FlagValues):
   """This command's flags on `fv`."""
   d = dict(flag_values=fv)
-  flags.DEFINE_string('workdir', None, 'Training workdir of the model (config.json + checkpoints/).', **d)
-  flags.DEFINE_integer('step', None, 'Checkpoint step of the model (default: its latest).', **d)
+  cli.define_checkpoint_flags(fv, 'Training workdir of the model (config.json + checkpoints/).',
+                              'Checkpoint step of the model (default: its latest).')
   cli.define_guide_flags(fv)  # --guide_workdir (default here: --workdir), --guide_step
   flags.DEFINE_string('strengths', '0.5,1,2', 'Comma-separated autoguidance strengths w.', **d)
   flags.DEFINE_string('seeds', '0,1,2', 'Comma-separated sampling seeds.', **d)

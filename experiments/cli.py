@@ -1,6 +1,7 @@
 """Shared by the command-line entry points: `main(argv, flag_values)` parses argv into a fresh FlagValues (so
 it is callable from tests and other scripts without touching absl's global flags); `cli_entry` runs it under
-absl with the global flags; `define_sampler_flags` / `sampler_flag_values` are the sampler flags of every
+absl with the global flags; `define_checkpoint_flags` the --workdir / --step pair of the commands that read a
+checkpoint; `define_sampler_flags` / `sampler_flag_values` are the sampler flags of every
 command and `define_guide_flags` / `guide_flag_values` the autoguidance flags of sample, evaluate and export,
 defined once from `sid2.sampling`."""
 from __future__ import annotations
@@ -73,6 +74,17 @@ def ensure_model_registered(config):
   from sid2 import restore  # pylint: disable=g-import-not-at-top
   plugins.load_plugins(config)
   restore.check_model_registered(config)
+
+
+WORKDIR_HELP = 'Training workdir (config.json + checkpoints/).'
+STEP_HELP = 'Checkpoint step (default: the latest readable one).'
+
+
+def define_checkpoint_flags(fv: flags.FlagValues, workdir_help: str = WORKDIR_HELP, step_help: str = STEP_HELP):
+  """Defines --workdir (a training workdir) and --step (its checkpoint, default None = the latest) on `fv`:
+  the checkpoint a sampling / evaluation / export command reads."""
+  flags.DEFINE_string('workdir', None, workdir_help, flag_values=fv)
+  flags.DEFINE_integer('step', None, step_help, flag_values=fv)
 
 
 def define_sampler_flags(fv: flags.FlagValues, fields: Sequence[str] = sampling.FLAG_FIELDS):

@@ -60,8 +60,7 @@ SAMPLING_NAMES = ('workdir', 'step', 'num_samples', 'batch_size') + sampling.FLA
 def define_flags(fv: flags.FlagValues):
   """This command's flags on `fv`."""
   d = dict(flag_values=fv)
-  flags.DEFINE_string('workdir', None, 'Training workdir (config.json + checkpoints/).', **d)
-  flags.DEFINE_integer('step', None, 'Checkpoint step (default: the latest readable one).', **d)
+  cli.define_checkpoint_flags(fv)  # --workdir, --step
   flags.DEFINE_integer('num_samples', 10_000, 'Generated images (and at most this many reference images '
                        'when no --ref is given).', **d)
   flags.DEFINE_integer('batch_size', 500, 'Samples per jitted sampling call (over all devices).', **d)

@@ -34,9 +34,8 @@ SAMPLER_FLAG_FIELDS = tuple(f for f in sampling.LOOP_FIELDS if f != 'num_steps')
 
 def define_flags(fv: flags.FlagValues):
   d = dict(flag_values=fv)
-  flags.DEFINE_string('workdir', None, 'Training workdir (config.json + checkpoints/).', **d)
+  cli.define_checkpoint_flags(fv)  # --workdir, --step
   flags.DEFINE_string('out', None, 'Output directory.', **d)
-  flags.DEFINE_integer('step', None, 'Checkpoint step (default: the latest readable one).', **d)
   flags.DEFINE_bool('export_sampler', True, 'Also write the serialized sampler.', **d)
   flags.DEFINE_integer('export_num_samples', None, 'Batch of the exported sampler (default: '
                        'config.sampler.num_samples).', **d)

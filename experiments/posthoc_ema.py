@@ -32,9 +32,9 @@ from sid2 import trainer
 
 def define_flags(fv: flags.FlagValues):
   d = dict(flag_values=fv)
-  flags.DEFINE_string('workdir', None, 'Training workdir with power-EMA snapshots.', **d)
+  cli.define_checkpoint_flags(fv, 'Training workdir with power-EMA snapshots.',
+                              'Target step (default: the latest checkpoint).')
   flags.DEFINE_string('sigma_rel', None, 'Comma-separated target EMA lengths, e.g. 0.05,0.10.', **d)
-  flags.DEFINE_integer('step', None, 'Target step (default: the latest checkpoint).', **d)
   flags.DEFINE_string('out', None, 'Output folder (default: <workdir>/posthoc_ema).', **d)
 
 

@@ -50,10 +50,9 @@ SETTINGS_OVERRIDABLE = ('settings', 'out', 'workdir')
 def define_flags(fv: flags.FlagValues):
   """Defines this command's flags on `fv` (the global FLAGS for the CLI, a fresh FlagValues in `main`)."""
   d = dict(flag_values=fv)
-  flags.DEFINE_string('workdir', None, 'Training workdir (config.json + checkpoints/).', **d)
+  cli.define_checkpoint_flags(fv)  # --workdir, --step
   flags.DEFINE_string('out', None, 'Output file: .png (image grid) or .npz (arrays).', **d)
   flags.DEFINE_string('settings', None, 'A <out>.json of an earlier run: regenerate exactly those samples.', **d)
-  flags.DEFINE_integer('step', None, 'Checkpoint step (default: the latest readable one).', **d)
   flags.DEFINE_integer('num_samples', None, 'Number of samples (default: config.sampler.num_samples).', **d)
   flags.DEFINE_integer('batch_size', None, 'Samples per jitted call (default: all at once).', **d)
   cli.define_sampler_flags(fv)  # --sampler, --num_steps, --clip_x, ... (sid2.sampling)

@@ -40,13 +40,11 @@ SPECTRUM_BLURS = (0.5, 1.0, 2.0)
 def define_flags(fv: flags.FlagValues):
   """Defines this command's flags on `fv` (the global FLAGS for the CLI, a fresh FlagValues in `main`)."""
   d = dict(flag_values=fv)
-  flags.DEFINE_string('workdir', None, 'Training workdir (config.json + checkpoints/); without it only real images.',
-                      **d)
+  cli.define_checkpoint_flags(fv, cli.WORKDIR_HELP[:-1] + '; without it only real images.')
   flags.DEFINE_string('out', None, 'Output directory (default <workdir>/analysis).', **d)
   flags.DEFINE_integer('num_samples', 1000,
                        f'Generated and real images each (at most {features_lib.FASHION_MNIST_TEST_SIZE}).', **d)
   flags.DEFINE_integer('batch_size', 500, 'Samples per jitted sampling call.', **d)
-  flags.DEFINE_integer('step', None, 'Checkpoint step (default: the latest readable one).', **d)
   cli.define_sampler_flags(fv)  # --sampler, --num_steps, --clip_x, ... (sid2.sampling)
   flags.DEFINE_integer('seed', 0, 'Sampling seed.', **d)
   flags.DEFINE_list('sigma2', list(SUPPLEMENT_SIGMA2), 'Blur values (supplement §3.1 list).', **d)

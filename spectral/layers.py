@@ -127,42 +127,46 @@ class WaveletGate(nn.Module):
     return gates
 
 
-class WGDown(nn.Module):
-  """WG-Down (SPEC §13): gated sum of the four Haar bands of X, [B,H,W,C] -> [B,H/2,W/2,C]."""
+class _WaveletGated(nn.Module):
+  """The fields WG-Down and WG-Up share: output channels (WG-Up; WG-Down keeps its input's) and the gate's."""
+  channels: Optional[int] = None
   gate: str = 'band'
   reduction: int = 4
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
   gate_init: str = 'default'
 
+  def gates(self, x, channels: int):
+    """The WaveletGate of these fields on input x, for `channels` channels per band."""
+    return WaveletGate(channels, self.gate, self.reduction, self.dtype, self.param_dtype, self.gate_init,
+                       name='gate')(x)
+
+
+class WGDown(_WaveletGated):
+  """WG-Down (SPEC §13): gated sum of the four Haar bands of X, [B,H,W,C] -> [B,H/2,W/2,C]."""
+
   @nn.compact
   def __call__(self, x):
-    gates = WaveletGate(x.shape[-1], self.gate, self.reduction, self.dtype, self.param_dtype,
-                        self.gate_init, name='gate')(x)
-    return gated_band_sum(x, gates)
+    if self.channels not in (None, x.shape[-1]):
+      raise ValueError(f'WG-Down keeps its input channels ({x.shape[-1]}); got channels={self.channels}')
+    return gated_band_sum(x, self.gates(x, x.shape[-1]))
 
 
-class WGUp(nn.Module):
+class WGUp(_WaveletGated):
   """WG-Up (SPEC §13): 1x1 conv C_in -> 4 C (ours, `project`), split into (LL, LH, HL, HH), gate, inverse
   Haar -> [B, 2H, 2W, C]. Without `project` the input's C_in channels are the bands (C = C_in / 4)."""
-  channels: int
-  gate: str = 'band'
-  reduction: int = 4
   project: bool = True
-  dtype: Dtype = jnp.float32
-  param_dtype: Dtype = jnp.float32
-  gate_init: str = 'default'
 
   @nn.compact
   def __call__(self, x):
-    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-    h = nn.Dense(NUM_BANDS * self.channels, name='proj', **kw)(x) if self.project else x
+    if self.channels is None:
+      raise ValueError('WG-Up needs channels (its output channels)')
+    h = (nn.Dense(NUM_BANDS * self.channels, name='proj', dtype=self.dtype, param_dtype=self.param_dtype)(x)
+         if self.project else x)
     if h.shape[-1] != NUM_BANDS * self.channels:
       raise ValueError(f'WG-Up without projection needs {NUM_BANDS} x channels={self.channels} input '
                        f'channels; got {x.shape[-1]}')
-    gates = WaveletGate(self.channels, self.gate, self.reduction, self.dtype, self.param_dtype,
-                        self.gate_init, name='gate')(x)
-    return gated_inverse_haar(h, gates)
+    return gated_inverse_haar(h, self.gates(x, self.channels))
 
 
 class PlainDown(sid2_layers.Resample):

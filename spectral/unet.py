@@ -274,16 +274,16 @@ class UNet(nn.Module):
       return layers.AttentionBlock(heads, f['attention'], min_group_channels=f['norm_group_channels'],
                                    name=name, **kw)(h, context)
 
+    gate_kw = dict(gate=f['gate'], reduction=f['gate_reduction'], gate_init=f['gate_init'], **kw)
+
     def down(h, k):
       if wavelet:
-        return layers.WGDown(f['gate'], f['gate_reduction'], gate_init=f['gate_init'], name=f'down{k}_sample',
-                             **kw)(h)
+        return layers.WGDown(name=f'down{k}_sample', **gate_kw)(h)
       return layers.PlainDown(h.shape[-1], name=f'down{k}_sample', **kw)(h)
 
     def up(h, c, k):
       if wavelet:
-        return layers.WGUp(c, f['gate'], f['gate_reduction'], gate_init=f['gate_init'], name=f'up{k}_sample',
-                           **kw)(h)
+        return layers.WGUp(c, name=f'up{k}_sample', **gate_kw)(h)
       return layers.PlainUp(c, name=f'up{k}_sample', **kw)(h)
 
     features = {}

@@ -191,7 +191,7 @@ def epoch_permutation(seed: int, epoch: int, num_examples: int) -> np.ndarray:
 
 class StepBatches:
   """What every dataset of `sid2.data` shares: the batch layout over processes and the checkpoint position
-  (`next_batch(step)` is pure in step, so resuming needs only the step; see the module docstring)."""
+  (the next step: resuming needs only the step; see the module docstring)."""
 
   def __init__(self, *, num_classes: int, num_channels: int, global_batch_size: int, seed: int,
                process_index: int, process_count: int):
@@ -361,8 +361,8 @@ def _as_dataset(builder, split, image_key: str, name: str):
         f'time. ({e})') from e
 
 
-class TfdsDataset:
-  """A tfds image dataset, deterministic in (seed, step, process); the position is the step."""
+class TfdsDataset(StepBatches):
+  """A tfds image dataset, deterministic in (seed, step, process); the position is the step, taken in order."""
 
   def __init__(self, name: str, *, split: str, data_dir: Optional[str], shuffle_buffer: int,
                image_key: str, label_key: str, image_res: int, global_batch_size: int, seed: int,
@@ -381,20 +381,13 @@ class TfdsDataset:
       raise ValueError(f'dataset.name {name!r}: images must be uint8; got {image_feature.dtype}')
     self._image_feature = image_feature
     self._image_key = image_key
-    self.num_channels = int(image_feature.shape[-1])
     label_feature = features[label_key] if label_key in features else None
-    if isinstance(label_feature, tfds.features.ClassLabel):
-      self.num_classes = int(label_feature.num_classes)
-      self._label_key = label_key
-    else:
-      self.num_classes = 0
-      self._label_key = None
+    has_labels = isinstance(label_feature, tfds.features.ClassLabel)
+    self._label_key = label_key if has_labels else None
+    super().__init__(num_classes=int(label_feature.num_classes) if has_labels else 0,
+                     num_channels=int(image_feature.shape[-1]), global_batch_size=global_batch_size,
+                     seed=seed, process_index=process_index, process_count=process_count)
     self.image_res = image_res
-    self.global_batch_size = global_batch_size
-    self.per_process_batch_size = global_batch_size // process_count
-    self.seed = seed
-    self.process_index = process_index
-    self.process_count = process_count
     self.shuffle_buffer = shuffle_buffer
     self._split = (tfds.split_for_jax_process(split, process_index=process_index,
                                               process_count=process_count)
@@ -408,7 +401,6 @@ class TfdsDataset:
                        f'{process_index} of {process_count}')
     self.num_examples = n  # This process's shard.
     self._iterator = None
-    self._next_step = 0
     self._position_fixed = False
 
   def _decode(self, example, uint8=None):
