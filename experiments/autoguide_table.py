@@ -101,15 +101,15 @@ def _interval_text(interval) -> str:
 def table_rows(conditional: bool, strengths, cfg_guidance, cfg_interval, autoguide_interval, guide) -> list:
   """[(row id, method, w, interval or None, raw overrides)] in table order."""
   none = dict(guide_workdir=None, guide_step=None)
-  rows = [('none', 'none', 0.0, None, dict(none, guidance=0.0, guidance_interval='none'))]
+  rows = [('none', 'none', 0.0, None, dict(none, **sampling.guidance_flags(0.0)))]
   if conditional:
-    rows.append(('cfg', 'CFG', cfg_guidance, None, dict(none, guidance=cfg_guidance, guidance_interval='none')))
+    rows.append(('cfg', 'CFG', cfg_guidance, None, dict(none, **sampling.guidance_flags(cfg_guidance))))
     rows.append(('cfg_interval', 'CFG', cfg_guidance, cfg_interval,
-                 dict(none, guidance=cfg_guidance, guidance_interval=list(cfg_interval))))
+                 dict(none, **sampling.guidance_flags(cfg_guidance, cfg_interval))))
   for w in strengths:
     rows.append((f'autoguidance_{w:g}', 'autoguidance', w, autoguide_interval,
-                 dict(guide_workdir=guide['workdir'], guide_step=guide['step'], guidance=w,
-                      guidance_interval=list(autoguide_interval) if autoguide_interval else 'none')))
+                 dict(guide_workdir=guide['workdir'], guide_step=guide['step'],
+                      **sampling.guidance_flags(w, autoguide_interval))))
   return rows
 
 
@@ -160,7 +160,7 @@ def run(fv, log=print) -> dict:
   rows = table_rows(conditional, strengths, fv.cfg_guidance, cfg_interval, autoguide_interval, guide)
 
   raw = dict(workdir=workdir, step=step, num_samples=fv.num_samples, batch_size=fv.batch_size, seed=seeds[0],
-             labels=None, class_label=None, guidance=0.0, guidance_interval='none',
+             labels=None, class_label=None, **sampling.guidance_flags(0.0),
              **cli.sampler_flag_values(fv, sampling.LOOP_FIELDS))
   ctx = evaluation.Context(raw, features=fv.features, ref=fv.ref, ref_split=fv.ref_split,
                            compute_pr=fv.precision_recall, fmnist_weights=fv.fmnist_weights,

@@ -44,7 +44,7 @@ def define_flags(fv: flags.FlagValues):
   flags.DEFINE_integer('eval_every', None, 'Checkpoint + FD evaluation interval (default: config.eval_every).', **d)
   flags.DEFINE_integer('num_samples', 1000, 'Generated and real images per FD evaluation.', **d)
   flags.DEFINE_integer('batch_size', 500, 'Samples per jitted sampling call.', **d)
-  flags.DEFINE_integer('num_steps', None, 'Sampler steps (default: config.sampler.num_steps).', **d)
+  cli.define_sampler_flags(fv, ('num_steps',))  # --num_steps (sid2.sampling)
   flags.DEFINE_integer('seed', 0, 'Sampling seed (the training seed is config.seed).', **d)
   flags.DEFINE_bool('precision_recall', True, 'Also compute k-NN precision/recall.', **d)
   flags.DEFINE_string('out', 'runs/compare_weightings', 'Output directory (one workdir per loss_type).', **d)
@@ -134,8 +134,8 @@ def run(base, loss_types, *, steps: int, eval_every: int, num_samples: int, out:
     trainer.train_and_evaluate(cfg, workdir)
     train_seconds = time.time() - t0
     raw = dict(dict.fromkeys(sampling.FLAG_NAMES), workdir=workdir, step=None, num_samples=num_samples,
-               batch_size=batch_size, num_steps=num_steps, guidance=0.0, guidance_interval='none', seed=seed,
-               labels=None, class_label=None)
+               batch_size=batch_size, num_steps=num_steps, seed=seed, labels=None, class_label=None,
+               **sampling.guidance_flags(0.0))
     rows = []
     for step in eval_steps(workdir, eval_every, steps):
       rec = _stored(workdir, step, dict(raw, batch_size=min(batch_size, num_samples)))

@@ -83,8 +83,7 @@ def raw_from_flags(fv) -> dict:
       raw = json.load(f)
     if raw.get('version') != SETTINGS_VERSION:
       raise ValueError(f'{fv.settings}: settings version {raw.get("version")!r}, expected {SETTINGS_VERSION}')
-    if raw.get('guidance_interval') is None:
-      raw['guidance_interval'] = 'none'
+    raw = sampling.record_as_flags(raw)  # a recorded interval of None is 'none', not the config's
     for n in ('out', 'workdir'):
       if fv[n].value:
         raw[n] = fv[n].value

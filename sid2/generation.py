@@ -22,7 +22,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
-import math
 import os
 import time
 from typing import Iterator, Optional
@@ -60,13 +59,6 @@ def positive_int(value, field):
   return value
 
 
-def _config_interval(settings):
-  interval = settings.guidance_interval
-  if not interval or (math.isinf(interval[0]) and math.isinf(interval[1])):
-    return None
-  return parse_interval(interval)
-
-
 def resolve_settings(raw: dict, config) -> dict:
   """Complete, validated settings from user values (None = the config's default). ValueError naming the
   field for anything invalid; nothing is computed. Keys: those of `experiments.sample`'s flags."""
@@ -84,10 +76,7 @@ def resolve_settings(raw: dict, config) -> dict:
   seed = raw.get('seed', 0)
   if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2 ** 63:
     raise ValueError(f'seed must be an integer in [0, 2^63); got {seed!r}')
-  sampled = sampling.SamplerSettings.from_config(config.sampler).override(  # validates every sampler field
-      **sampling.overrides_from_record(raw, sampling.VALUE_FIELDS))
-  interval = raw.get('guidance_interval', 'default')
-  interval = _config_interval(sampled) if interval in (None, 'default') else parse_interval(interval)
+  sampled = sampling.SamplerSettings.from_flags(config.sampler, raw)  # validates every sampler field
   guidance = sampled.guidance
 
   labels, class_label = raw.get('labels'), raw.get('class_label')
@@ -106,7 +95,7 @@ def resolve_settings(raw: dict, config) -> dict:
   else:
     labels = restore.default_labels(config, num_samples)
   guide = sampling.GuideSettings.from_raw(raw)
-  if guide is not None and raw.get('guidance') is None:
+  if guide is not None and not sampling.guidance_given(raw):
     raise ValueError(f'with a guide (autoguidance) give guidance w explicitly: it is the autoguidance '
                      f'strength, and the config\'s guidance={s_cfg.get("guidance", None)!r} is a classifier-free '
                      f'guidance strength')
@@ -122,7 +111,7 @@ def resolve_settings(raw: dict, config) -> dict:
     raise ValueError(f'step={step!r} is not a checkpoint of {raw["workdir"]}; available steps: {steps}')
   resolved = dict(version=SETTINGS_VERSION, workdir=os.path.abspath(raw['workdir']), step=step,
                   num_samples=num_samples, batch_size=batch_size,
-                  **sampled.override(guidance=float(guidance), guidance_interval=interval or ()).to_record(),
+                  **sampled.override(guidance=float(guidance)).to_record(),
                   labels=labels, seed=seed,
                   out=os.path.abspath(out), params_sha256=raw.get('params_sha256'))
   if guide is not None:  # only when guided, so unguided records (and evaluation cache keys) are unchanged
@@ -258,6 +247,11 @@ class Generator:
   _base_key: object = None
 
   @property
+  def sampler(self) -> 'sampling.SamplerSettings':
+    """The recorded sampler settings, validated."""
+    return sampling.SamplerSettings.from_record(self.settings)
+
+  @property
   def num_chunks(self) -> int:
     return -(-self.settings['num_samples'] // self.chunk_size)
 
@@ -269,27 +263,27 @@ class Generator:
     idx = np.arange(k * b, k * b + b, dtype=np.int32)
     labels = label_array(s)
     chunk_labels = np.where(idx < n, labels[np.minimum(idx, n - 1)], 0).astype(np.int32)
-    lo, hi = s['guidance_interval'] or (-math.inf, math.inf)
+    lo, hi = self.sampler.interval_bounds()
     if self._base_key is None:
       import jax  # pylint: disable=g-import-not-at-top
       self._base_key = replicated(self.mesh, np.asarray(jax.random.PRNGKey(s['seed'])))
     params = self.params if self.guide is None else (self.params, self.guide_params)
     x = self.fn(params, sharded(self.mesh, idx), sharded(self.mesh, chunk_labels), self._base_key,
-                np.float32(s['guidance']), np.float32(lo), np.float32(hi))
+                np.float32(self.sampler.guidance), np.float32(lo), np.float32(hi))
     return x, max(0, min(b, n - k * b))
 
   def chunks(self, log=print) -> Iterator:
     """Yields (k, images jax.Array [chunk_size, ...] sharded, global start index, valid rows) per chunk."""
     s = self.settings
     guided = (self.guide is not None or int(self.config.model.get('num_classes', 0) or 0) > 0) and \
-        s['guidance'] != 0
+        self.sampler.guidance != 0
     for k in range(self.num_chunks):
       t0 = time.time()
       x, valid = self.chunk(k)
       x.block_until_ready()
       dt = time.time() - t0
       log(f'  chunk {k + 1}/{self.num_chunks}: samples {k * self.chunk_size}..'
-          f'{k * self.chunk_size + valid - 1} in {dt:.2f} s ({self.chunk_size * s["num_steps"] / dt:.1f} '
+          f'{k * self.chunk_size + valid - 1} in {dt:.2f} s ({self.chunk_size * self.sampler.num_steps / dt:.1f} '
           f'sample-steps/s{", 2 passes per guided step" if guided else ""}'
           f'{", incl. compilation" if k == 0 else ""})')
       yield k, x, k * self.chunk_size, valid
@@ -340,9 +334,8 @@ def prepare(settings: dict, config, *, mesh=None, log=print) -> Generator:
   how = ('guidance' if guide is None else
          f'autoguidance by {guide["workdir"]} step {guide["step"]}, w')
   log(f'sampling {settings["num_samples"]} images from {settings["workdir"]} step {restored.step} (seed '
-      f'{settings["seed"]}): {settings["sampler"]}, {settings["num_steps"]} steps, {how} '
-      f'{settings["guidance"]} on {settings["guidance_interval"] or "all logSNRs"}, {gen.num_chunks} chunk(s) '
-      f'of {chunk} over {mesh.devices.size} device(s), {jax.process_count()} process(es)')
+      f'{settings["seed"]}): {gen.sampler.describe(how)}, {gen.num_chunks} chunk(s) of {chunk} over '
+      f'{mesh.devices.size} device(s), {jax.process_count()} process(es)')
   return gen
 
 

@@ -91,6 +91,26 @@ class SamplerSettings:
 
   from_dict = from_config
 
+  @classmethod
+  def from_record(cls, record: dict) -> 'SamplerSettings':
+    """From a record (`to_record`'s keys, e.g. an `<out>.json` or an evaluation's `sampling`); a recorded
+    guidance of None (an autoguided export records none) reads as 0."""
+    values = {f: record.get(RECORD_KEYS[f]) for f in FIELDS if record.get(RECORD_KEYS[f]) is not None}
+    return cls(**values)
+
+  @classmethod
+  def from_flags(cls, sampler_config, raw: dict) -> 'SamplerSettings':
+    """`config.sampler` overridden by the flag / record values in `raw` (None keeps the config's value; the
+    interval flag also takes 'default' = the config's, or 'none' = guidance on every logSNR)."""
+    settings = cls.from_config(sampler_config).override(**overrides_from_record(raw, VALUE_FIELDS))
+    interval = raw.get(RECORD_KEYS['guidance_interval'], 'default')
+    if isinstance(interval, str) and interval == 'default' or interval is None:
+      interval = settings.guidance_interval
+      bounds = None if not interval or all(math.isinf(v) for v in interval) else parse_interval(interval)
+    else:
+      bounds = parse_interval(interval)
+    return settings.override(guidance_interval=bounds or ())
+
   def override(self, **overrides) -> 'SamplerSettings':
     """A copy with the given non-None fields replaced (and validated); unknown names are ValueErrors."""
     unknown = sorted(set(overrides) - set(FIELDS))
@@ -119,6 +139,10 @@ class SamplerSettings:
   def interval_bounds(self) -> tuple:
     """(lo, hi) of the guidance interval in logSNR; (-inf, inf) without one (SPEC §7)."""
     return self.guidance_interval or (-math.inf, math.inf)
+
+  def describe(self, how: str = 'guidance') -> str:
+    """One line for logs and plot titles, e.g. "ddpm, 32 steps, guidance 1.0 on (-3.0, 5.0)"."""
+    return f"{self.name}, {self.num_steps} steps, {how} {self.guidance} on {self.guidance_interval or 'all logSNRs'}"
 
   def guidance_args(self) -> tuple:
     """(w, lo, hi) as float32 scalars, the traced guidance arguments of `sample_fns.make_sample_fn` (SPEC §7)."""
@@ -160,6 +184,30 @@ def record_keys(fields: Sequence[str]) -> tuple:
 def overrides_from_record(record: dict, fields: Sequence[str] = LOOP_FIELDS) -> dict:
   """{field: value} from a dict keyed by flag / record names (e.g. a flag dict or an `<out>.json`)."""
   return {f: record.get(RECORD_KEYS[f]) for f in fields}
+
+
+def guidance_given(raw: dict) -> bool:
+  """Whether the flag / record values `raw` set the guidance strength w."""
+  return raw.get(RECORD_KEYS['guidance']) is not None
+
+
+def guidance_flags(w: float, interval=None) -> dict:
+  """The flag values that choose guidance w on `interval` ((lo, hi), or None: every logSNR)."""
+  return {RECORD_KEYS['guidance']: w,
+          RECORD_KEYS['guidance_interval']: [float(v) for v in interval] if interval else 'none'}
+
+
+def recorded_guidance(record: dict) -> tuple:
+  """(w or None, (lo, hi) or None) as a record (e.g. `sampler.jaxexport.json`) gives them."""
+  interval = record.get(RECORD_KEYS['guidance_interval'])
+  return record.get(RECORD_KEYS['guidance']), (tuple(interval) if interval else None)
+
+
+def record_as_flags(record: dict) -> dict:
+  """A recorded `<out>.json` as flag values: its interval None (no interval recorded) becomes 'none', so
+  the regenerated samples do not fall back to the config's interval."""
+  key = RECORD_KEYS['guidance_interval']
+  return {**record, key: 'none' if record.get(key) is None else record[key]}
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -67,7 +67,7 @@ def score(workdir: str, step: Optional[int], *, num_samples: int, sample_steps: 
   from sid2.eval import evaluation  # pylint: disable=g-import-not-at-top
   raw = dict(dict.fromkeys(sampling.FLAG_NAMES), workdir=workdir, step=step, num_samples=num_samples,
              batch_size=min(batch_size, num_samples), sampler=sampler, num_steps=sample_steps,
-             guidance=guidance, guidance_interval='none', seed=seed, labels=None, class_label=None)
+             seed=seed, labels=None, class_label=None, **sampling.guidance_flags(guidance))
   rec = evaluation.evaluate(raw, compute_pr=True, log=log)
   return dict(step=int(rec['step']), fd=rec['fd'], precision=rec.get('precision'), recall=rec.get('recall'),
               sample_seconds=rec['sample_seconds'])

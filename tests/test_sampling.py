@@ -68,3 +68,38 @@ def test_flags_are_defined_once_from_the_fields():
   assert (s.name, s.eta, s.num_steps) == ('ddim', 0.5, 8)
   assert sampling.parse_interval(values['guidance_interval']) == (-3.0, 5.0)
   assert sampling.parse_interval('none') is None
+
+
+def test_from_flags_from_record_and_guidance_flags():
+  cfg = ml_collections.ConfigDict(dict(BASE, guidance=1.0, guidance_interval=(-3.0, 5.0)))
+  flags_of = lambda **kw: dict(dict.fromkeys(sampling.FLAG_NAMES), **kw)
+  # None / 'default' keep the config's interval; 'none' guides every logSNR; 'lo,hi' replaces it.
+  assert sampling.SamplerSettings.from_flags(cfg, flags_of()).guidance_interval == (-3.0, 5.0)
+  assert sampling.SamplerSettings.from_flags(cfg, flags_of(guidance_interval='default')).guidance_interval == (
+      -3.0, 5.0)
+  assert sampling.SamplerSettings.from_flags(cfg, flags_of(guidance_interval='none')).guidance_interval == ()
+  s = sampling.SamplerSettings.from_flags(cfg, flags_of(sampler='ddim', num_steps=4, guidance_interval='-1,2'))
+  assert (s.name, s.num_steps, s.guidance, s.guidance_interval) == ('ddim', 4, 1.0, (-1.0, 2.0))
+  # A config interval of (-inf, inf) is no interval.
+  inf = ml_collections.ConfigDict(dict(BASE, guidance_interval=(-math.inf, math.inf)))
+  assert sampling.SamplerSettings.from_flags(inf, flags_of()).guidance_interval == ()
+  with pytest.raises(ValueError, match='guidance_interval must'):
+    sampling.SamplerSettings.from_flags(cfg, flags_of(guidance_interval='5'))
+  with pytest.raises(ValueError, match='num_steps must be a positive integer'):
+    sampling.SamplerSettings.from_flags(cfg, flags_of(num_steps=0))
+  # to_record / from_record round trip (num_samples is not recorded: the default comes back).
+  assert sampling.SamplerSettings.from_record(s.to_record()) == s.override(num_samples=64)
+  assert sampling.SamplerSettings.from_record(dict(s.to_record(), guidance_interval=None)).guidance_interval == ()
+  assert s.describe() == 'ddim, 4 steps, guidance 1.0 on (-1.0, 2.0)'
+  assert s.override(guidance_interval=()).describe('autoguidance') == (
+      'ddim, 4 steps, autoguidance 1.0 on all logSNRs')
+  # Guidance in flag form, read back through from_flags.
+  assert sampling.guidance_flags(0.0) == dict(guidance=0.0, guidance_interval='none')
+  assert sampling.guidance_flags(2, (-3, 5)) == dict(guidance=2, guidance_interval=[-3.0, 5.0])
+  back = sampling.SamplerSettings.from_flags(cfg, flags_of(**sampling.guidance_flags(2.0, (-1, 1))))
+  assert (back.guidance, back.guidance_interval) == (2.0, (-1.0, 1.0))
+  assert sampling.guidance_given(flags_of()) is False and sampling.guidance_given(flags_of(guidance=0.0))
+  assert sampling.recorded_guidance(s.to_record()) == (1.0, (-1.0, 2.0))
+  assert sampling.recorded_guidance(dict(guidance=None, guidance_interval=None)) == (None, None)
+  assert sampling.record_as_flags(dict(guidance_interval=None, seed=3)) == dict(guidance_interval='none', seed=3)
+  assert sampling.record_as_flags(dict(guidance_interval=[-3.0, 5.0]))['guidance_interval'] == [-3.0, 5.0]

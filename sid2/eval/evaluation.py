@@ -255,9 +255,10 @@ def plot_over_training(summary: dict, path: str) -> None:
   fig, ax = plt.subplots(figsize=(6, 4))
   ax.plot([r['step'] for r in rows], [r['fd'] for r in rows], 'o-')
   s = summary['sampling']
+  how = 'autoguidance' if s.get(sampling.GUIDE_RECORD_KEY) else 'guidance'
   ax.set(xlabel='training step', ylabel=f"FD ({summary['features']}, N = {summary['num_samples']})",
-         yscale='log', title=f"{os.path.basename(summary['workdir'])}: {s['sampler']} {s['num_steps']} steps, "
-                             f"{'autoguidance' if s.get('guide') else 'guidance'} {s['guidance']}")
+         yscale='log', title=f"{os.path.basename(summary['workdir'])}: "
+                             f'{sampling.SamplerSettings.from_record(s).describe(how)}')
   ax.grid(alpha=0.3)
   fig.tight_layout()
   fig.savefig(path, dpi=110)
