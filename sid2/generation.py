@@ -246,9 +246,9 @@ class Generator:
   guide: Optional[dict] = None
   _base_key: object = None
 
-  @property
+  @functools.cached_property
   def sampler(self) -> 'sampling.SamplerSettings':
-    """The recorded sampler settings, validated."""
+    """The recorded sampler settings, validated (once)."""
     return sampling.SamplerSettings.from_record(self.settings)
 
   @property

@@ -104,7 +104,7 @@ class SamplerSettings:
     interval flag also takes 'default' = the config's, or 'none' = guidance on every logSNR)."""
     settings = cls.from_config(sampler_config).override(**overrides_from_record(raw, VALUE_FIELDS))
     interval = raw.get(RECORD_KEYS['guidance_interval'], 'default')
-    if isinstance(interval, str) and interval == 'default' or interval is None:
+    if interval in (None, 'default'):
       interval = settings.guidance_interval
       bounds = None if not interval or all(math.isinf(v) for v in interval) else parse_interval(interval)
     else:
@@ -195,12 +195,6 @@ def guidance_flags(w: float, interval=None) -> dict:
   """The flag values that choose guidance w on `interval` ((lo, hi), or None: every logSNR)."""
   return {RECORD_KEYS['guidance']: w,
           RECORD_KEYS['guidance_interval']: [float(v) for v in interval] if interval else 'none'}
-
-
-def recorded_guidance(record: dict) -> tuple:
-  """(w or None, (lo, hi) or None) as a record (e.g. `sampler.jaxexport.json`) gives them."""
-  interval = record.get(RECORD_KEYS['guidance_interval'])
-  return record.get(RECORD_KEYS['guidance']), (tuple(interval) if interval else None)
 
 
 def record_as_flags(record: dict) -> dict:
